@@ -9,10 +9,15 @@ times, per shape, one forward and backward pass (input, parameters) of:
 * ``GN+PN``     normlab scheme("gnG+pn").norm_act(C)          (as a user runs it by default)
 * ``naive PN``  eager GN, affine, φ, and the mean/var of a 200-point proxy grid per call
 
+Then, as users run them, whole zoo models (ResNet-20 on CIFAR batches of 128, ResNet-50 on
+ImageNet batches of 8): forward, sum and backward of the model built with ``bn``, ``gnG`` and
+``gnG+pn`` (G = 8, 32), ratios to ``gnG``, whose normalization step runs the same kernels as
+GN+ReLU.
+
 Candidates run interleaved, round after round, and each one's median over the rounds is
 reported, so that drifts of the machine (frequency, other processes) hit all of them alike.
 
-    python benchmarks/pn_speed.py [--quick] [--device cuda] [--markdown]
+    python benchmarks/pn_speed.py [--quick] [--device cuda] [--markdown] [--no-models]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 import normlab
+from normlab import models
 from normlab.layers.proxy_moments import reference_quantiles
 
 CIFAR = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
@@ -40,6 +46,8 @@ IMAGENET = [
     (32, 512, 7, 7),
     (32, 2048, 7, 7),
 ]
+# model, input shape, GN groups
+MODELS = [("resnet20", (128, 3, 32, 32), 8), ("resnet50", (8, 3, 224, 224), 32)]
 
 
 class NaivePN(nn.Module):
@@ -83,7 +91,8 @@ def time_step(module: nn.Module, x: Tensor, grad: Tensor) -> float:
     module(x).backward(grad)
     _synchronize(x.device)
     elapsed = time.perf_counter() - start
-    x.grad = None
+    if x.requires_grad:
+        x.grad = None
     module.zero_grad(set_to_none=True)
     return elapsed
 
@@ -91,13 +100,33 @@ def time_step(module: nn.Module, x: Tensor, grad: Tensor) -> float:
 def measure(
     shape: tuple[int, ...], device: torch.device, rounds: int, warmup: int
 ) -> dict[str, float]:
-    """Median seconds per forward+backward of every candidate, interleaved round by round."""
+    """Median seconds per forward+backward of every candidate layer, interleaved."""
     channels = shape[1]
     groups = 8 if channels <= 64 and shape[0] >= 128 else 32
-    modules = {k: m.to(device) for k, m in candidates(channels, groups).items()}
+    modules = candidates(channels, groups)
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device).requires_grad_()
     grad = torch.randn(shape, generator=gen).to(device)
+    return interleaved(modules, x, grad, rounds, warmup)
+
+
+def measure_model(
+    name: str, shape: tuple[int, ...], groups: int, device: torch.device, rounds: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per forward+backward of the model under bn, gnG and gnG+pn, interleaved."""
+    specs = ["bn", f"gn{groups}", f"gn{groups}+pn"]
+    modules = {spec: models.create(name, norm=spec).to(device) for spec in specs}
+    x = torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(0)).to(device)
+    with torch.no_grad():
+        logits = modules[specs[0]](x)
+    return interleaved(modules, x, torch.ones_like(logits), rounds, warmup)
+
+
+def interleaved(
+    modules: dict[str, nn.Module], x: Tensor, grad: Tensor, rounds: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per forward+backward of each module, run round after round in turn."""
+    modules = {name: m.to(x.device) for name, m in modules.items()}
     times: dict[str, list[float]] = {name: [] for name in modules}
     for step in range(warmup + rounds):
         for name, module in modules.items():
@@ -138,6 +167,23 @@ def report(
     say(f"\nGN+PN / GN+ReLU: geometric mean {geo:.3f}×, max {max(ratios):.3f}× (target <= 1.10×)")
 
 
+def report_models(
+    results: list[tuple[str, tuple[int, ...], dict[str, float]]], markdown: bool, say: Callable
+) -> None:
+    if markdown:
+        say("| model | input | bn ms (×) | gnG ms (×) | gnG+pn ms (×) |\n|---|---|---|---|---|")
+    for name, shape, times in results:
+        bn, gn, pn = times.values()
+        cells = [f"{t * 1e3:.1f} ({t / gn:.3f}×)" for t in (bn, gn, pn)]
+        if markdown:
+            say(f"| {name} | {shape} | " + " | ".join(cells) + " |")
+        else:
+            say(
+                f"{name:10s} {shape!s:18s} bn {cells[0]:>18s}  gnG {cells[1]:>18s}  "
+                f"gnG+pn {cells[2]:>18s}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
@@ -147,6 +193,7 @@ def main() -> None:
     parser.add_argument(
         "--stable-malloc", action="store_true", help="tune glibc malloc to avoid page faults"
     )
+    parser.add_argument("--no-models", action="store_true", help="skip the whole-model table")
     args = parser.parse_args()
     if args.stable_malloc:
         stabilise_allocator()
@@ -161,6 +208,16 @@ def main() -> None:
     )
     results = [(shape, measure(shape, device, rounds, warmup=3)) for shape in shapes]
     report(results, args.markdown, print)
+    if args.no_models:
+        return
+    print("\nWhole models, forward + backward, ratios to gnG:")
+    zoo = MODELS[:1] if args.quick else MODELS
+    model_rounds = 3 if args.quick else 10
+    model_results = [
+        (name, shape, measure_model(name, shape, groups, device, model_rounds, warmup=1))
+        for name, shape, groups in zoo
+    ]
+    report_models(model_results, args.markdown, print)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .._checks import check_input, check_positive_int
 from .activations import Activation, get_activation
-from .base import apply_affine
+from .base import Normalization, apply_affine
 from .proxy_moments import activation_gain
 
 
@@ -48,6 +48,12 @@ class ActivationStep(nn.Module):
         check_input(type(self).__name__, y, self.num_channels)
         plan = self.plan()
         return plan.tail(apply_affine(y, plan.weight, plan.bias))
+
+    def after(self, norm: Normalization, x: Tensor) -> Tensor:
+        """This step applied to norm(x), with the plan's affine run inside the normalizer's
+        kernel (``norm`` has no affine of its own). Subclasses may fuse further."""
+        plan = self.plan()
+        return plan.tail(norm.normalize(x, plan.weight, plan.bias))
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, act={self.activation.name}"

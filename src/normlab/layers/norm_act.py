@@ -1,11 +1,13 @@
 r"""A normalization step followed by an activation step, fused where nothing observes between them.
 
 ``NormAct(norm, act)`` computes act(norm(x)) (PN paper Eqs. 3–4, or Eq. 7 with PN). Its forward
-asks the activation step for its :class:`~normlab.layers.act.Plan` and runs
-``tail(norm.normalize(x, plan.weight, plan.bias))``: the activation step's affine runs inside the
-normalizer's kernel (F.batch_norm, F.group_norm) and no intermediate tensor is kept. When a hook
-is registered on ``norm`` or ``act`` (as normlab's diagnostics do), it runs the two modules one
-after the other instead, so that hooks see the normalized ỹ and the activation z exactly.
+runs ``act.after(norm, x)``, by default ``tail(norm.normalize(x, plan.weight, plan.bias))`` for
+the activation step's :class:`~normlab.layers.act.Plan`: the step's affine runs inside the
+normalizer's kernel (F.batch_norm, F.group_norm) and no intermediate tensor is kept. GroupNorm
+followed by relu-PN goes further, as one autograd node (:mod:`~normlab.layers.group_norm_pn`).
+When a hook is registered on ``norm`` or ``act`` (as normlab's diagnostics do), it runs the two
+modules one after the other instead, so that hooks see the normalized ỹ and the activation z
+exactly.
 """
 
 from __future__ import annotations
@@ -67,5 +69,4 @@ class NormAct(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.fuse or is_observed(self.norm) or is_observed(self.act):
             return self.act(self.norm(x))
-        plan = self.act.plan()
-        return plan.tail(self.norm.normalize(x, plan.weight, plan.bias))
+        return self.act.after(self.norm, x)

@@ -22,11 +22,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._checks import finite_checks_enabled, first_order_only, unknown
+from .._checks import finite_checks_enabled, unknown
 from .act import ActivationStep, Plan
 from .activations import Activation
+from .base import Normalization
+from .group_norm import GroupNorm
+from .group_norm_pn import group_norm_threshold_pn
 from .proxy_moments import METHODS, REFERENCE_POINTS, MomentMethod, proxy_moments
 from .tails import channel_max, scale_shift_act
+from .threshold_fold import ThresholdFold
 
 DEFAULT_EPS = 0.03
 
@@ -96,11 +100,36 @@ class ProxyNormAct(ActivationStep):
             self._plan_cache = (key, self._build_plan())
         return self._plan_cache[1]
 
+    def after(self, norm: Normalization, x: Tensor) -> Tensor:
+        """PN(norm(x)); GN (LN, IN) then relu-PN runs as one autograd node while training."""
+        if not self._fuses_with_group_norm(norm, x):
+            return super().after(norm, x)
+        norm.check_input(x)
+        params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
+        rule = self.activation.moment_rule
+        out, shift = group_norm_threshold_pn(x, params, norm.num_groups, norm.eps, self.eps, rule)
+        self._check_finite(shift)
+        return out
+
+    def _fuses_with_group_norm(self, norm: Normalization, x: Tensor) -> bool:
+        """Whether :func:`group_norm_threshold_pn` computes this step exactly: a group
+        normalizer, relu with exact moments, gradients recorded (else the cached plan is
+        cheaper), and no autocast or dtype mismatch for F.group_norm to resolve."""
+        return (
+            isinstance(norm, GroupNorm)
+            and self.activation.threshold_form
+            and self.activation.moment_rule is not None
+            and self.method == "exact"
+            and torch.is_grad_enabled()
+            and x.dtype == self.gamma.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
     def _build_plan(self) -> Plan:
         rule = self.activation.moment_rule
         if self.activation.threshold_form and self.method == "exact" and rule is not None:
             params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
-            weight, bias, shift = _ThresholdFold.apply(*params, self.eps, rule)
+            weight, bias, shift = ThresholdFold.apply(*params, self.eps, rule)
             self._check_finite(shift)
             return Plan(weight, bias, functools.partial(_shifted_max, shift=shift))
         scale, shift = self.scale_shift()
@@ -130,48 +159,6 @@ class ProxyNormAct(ActivationStep):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eps={self.eps}, method={self.method}"
-
-
-class _ThresholdFold(torch.autograd.Function):
-    """PN with φ(u) = max(u, 0) folded into the normalizer's affine, as one autograd node.
-
-    (γ, β, β̃, γ̃) -> (weight γa, bias βa + c, shift c) with μ = γβ̃ + β, s = |γ(1 + γ̃)|,
-    a = (Var + ε)^(-1/2), c = -E·a from the closed-form moments of φ(N(μ, s²)). The output is
-    max(weight·ỹ + bias, c) = c + φ(a(γỹ + β)); c reaches it through the threshold, whose tail
-    (:func:`channel_max` with ``shift=True``) returns c's whole gradient, so the bias carries
-    only βa's. Backward is the chain rule through the rule's vector-Jacobian product.
-    """
-
-    @staticmethod
-    def forward(ctx, gamma, beta, proxy_beta, proxy_gamma, eps, rule):
-        signed_s = torch.addcmul(gamma, gamma, proxy_gamma)
-        s = signed_s.abs().clamp_min_(torch.finfo(signed_s.dtype).tiny)
-        mean, var, saved = rule.forward(torch.addcmul(beta, gamma, proxy_beta), s)
-        scale = var.add_(eps).rsqrt_()
-        shift = (mean * scale).neg_()
-        ctx.rule, ctx.num_saved = rule, len(saved)
-        ctx.save_for_backward(
-            *saved, gamma, beta, proxy_beta, proxy_gamma, signed_s.sign_(), scale, mean
-        )
-        return gamma * scale, torch.addcmul(shift, beta, scale), shift
-
-    @staticmethod
-    def backward(ctx, grad_weight, grad_bias, grad_shift):
-        first_order_only("_ThresholdFold")
-        tensors = ctx.saved_tensors
-        saved, rest = tensors[: ctx.num_saved], tensors[ctx.num_saved :]
-        gamma, beta, proxy_beta, proxy_gamma, sign, scale, mean = rest
-        # a = (Var + ε)^(-1/2), c = -E·a: ∂/∂Var through a, ∂/∂E through c
-        grad_scale = torch.addcmul(grad_weight * gamma, grad_bias, beta)
-        grad_var = torch.addcmul(grad_scale, grad_shift, mean, value=-1.0)
-        grad_var.mul_(scale.pow(3)).mul_(-0.5)
-        grad_mu, grad_s = ctx.rule.vjp(saved, (grad_shift * scale).neg_(), grad_var)
-        grad_s.mul_(sign)
-        # μ = γβ̃ + β, s = |γ(1 + γ̃)|, weight = γa, bias = βa + c̄
-        grad_gamma = torch.addcmul(grad_mu * proxy_beta, grad_s, proxy_gamma + 1.0)
-        grad_gamma.addcmul_(grad_weight, scale)
-        grad_beta = torch.addcmul(grad_mu, grad_bias, scale)
-        return grad_gamma, grad_beta, grad_mu * gamma, grad_s * gamma, None, None
 
 
 def _shifted_max(u: Tensor, shift: Tensor) -> Tensor:

@@ -15,13 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import channel_view, first_order_only
+from .._checks import channel_sum, channel_view, first_order_only
 from .activations import Activation
-
-
-def _channel_sum(t: Tensor) -> Tensor:
-    """Σ over (N, *spatial) for each channel."""
-    return t.sum([0, *range(2, t.dim())])
 
 
 class _ChannelMax(torch.autograd.Function):
@@ -47,7 +42,7 @@ class _ChannelMax(torch.autograd.Function):
         grad_u = torch.ops.aten.threshold_backward.grad_input(grad, above, 0, grad_input=above)
         grad_c = None
         if ctx.needs_input_grad[1]:
-            grad_c = _channel_sum(grad) if ctx.shift else _channel_sum(grad - grad_u)
+            grad_c = channel_sum(grad) if ctx.shift else channel_sum(grad - grad_u)
         return grad_u, grad_c, None, None
 
 
@@ -90,8 +85,8 @@ class _ScaleShiftAct(torch.autograd.Function):
         else:
             value, slope = act.fn(saved), act.derivative(saved)
         grad_u = grad * slope * scale_view
-        grad_scale = _channel_sum(grad * value) if ctx.needs_input_grad[1] else None
-        grad_shift = _channel_sum(grad) if ctx.needs_input_grad[2] else None
+        grad_scale = channel_sum(grad * value) if ctx.needs_input_grad[1] else None
+        grad_shift = channel_sum(grad) if ctx.needs_input_grad[2] else None
         return grad_u, grad_scale, grad_shift, None
 
 

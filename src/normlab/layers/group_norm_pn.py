@@ -1,0 +1,79 @@
+r"""GroupNorm (or LN, IN) followed by relu Proxy Normalization, as one autograd node.
+
+The GN+PN step of the PN paper (Eqs. 3 and 7) for φ = relu, in training:
+
+    (weight, bias, c) = fold(γ, β, β̃, γ̃)                  (:mod:`~.threshold_fold`)
+    u = GN(x)·weight + bias                                  (torch's native group_norm kernel)
+    z = max(u, c)                                            (in place on u)
+
+Run as separate nodes (fold, F.group_norm, channel max) this costs three Python autograd nodes
+per layer; here the fold, torch's native group_norm and its native backward run inside one
+node. Backward saves what GN + ReLU save (GN's input and statistics, and z), masks the incoming
+gradient where z > c, hands it to ``native_group_norm_backward`` (which returns the gradients of
+weight and bias), and adds c's gradient Σ grad.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._checks import channel_sum, channel_view, first_order_only
+from .gaussian import MomentRule
+from .threshold_fold import fold, fold_vjp
+
+
+def native_layout(x: Tensor) -> Tensor:
+    """x in a memory format the native group_norm kernels take as is: channels-last stays
+    channels-last on CPU (as in F.group_norm), anything else becomes contiguous."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if x.device.type == "cpu" and channels_last:
+        return x
+    return x.contiguous()
+
+
+class GroupNormThresholdPN(torch.autograd.Function):
+    """(x, γ, β, β̃, γ̃) -> (z, c): GN with ``groups`` groups, then relu-PN; c is returned
+    (non-differentiable) so that the caller can check it is finite."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, proxy_beta, proxy_gamma, groups, norm_eps, eps, rule):
+        (weight, bias, shift), fold_saved = fold(gamma, beta, proxy_beta, proxy_gamma, eps, rule)
+        x = native_layout(x)
+        n, c = x.shape[:2]
+        hw = math.prod(x.shape[2:])
+        out, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, hw, groups, norm_eps)
+        threshold = channel_view(shift, x.dim())
+        torch.maximum(out, threshold, out=out)
+        ctx.rule, ctx.sizes = rule, (n, c, hw, groups)
+        ctx.save_for_backward(x, mean, rstd, weight, out, threshold, *fold_saved)
+        ctx.mark_non_differentiable(shift)
+        return out, shift
+
+    @staticmethod
+    def backward(ctx, grad, _grad_shift):
+        first_order_only("GroupNormThresholdPN")
+        x, mean, rstd, weight, out, threshold, *fold_saved = ctx.saved_tensors
+        # z > c exactly where the max took u; the difference is reused as grad_u's storage
+        above = out - threshold
+        grad_u = torch.ops.aten.threshold_backward.grad_input(grad, above, 0, grad_input=above)
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
+            grad_u, x, mean, rstd, weight, *ctx.sizes, [ctx.needs_input_grad[0], True, True]
+        )
+        grad_shift = channel_sum(grad)
+        grads = fold_vjp(tuple(fold_saved), ctx.rule, grad_weight, grad_bias, grad_shift)
+        return grad_x, *grads, None, None, None, None
+
+
+def group_norm_threshold_pn(
+    x: Tensor,
+    params: tuple[Tensor, Tensor, Tensor, Tensor],
+    groups: int,
+    norm_eps: float,
+    eps: float,
+    rule: MomentRule,
+) -> tuple[Tensor, Tensor]:
+    """relu-PN(GN(x)) with PN parameters ``params`` = (γ, β, β̃, γ̃); returns (z, c)."""
+    return GroupNormThresholdPN.apply(x, *params, groups, norm_eps, eps, rule)
