@@ -159,10 +159,10 @@ def test_derivative_matches_autograd(name, values):
     (expected,) = torch.autograd.grad(REFERENCE[name](u).sum(), u)
     u = u.detach()
     torch.testing.assert_close(act.derivative(u), expected, rtol=1e-10, atol=1e-12)
-    # φ' as a function of φ(u), where the registry offers one.
-    from_output = getattr(act, "derivative_from_output", None)
-    if from_output is not None:
-        torch.testing.assert_close(from_output(act.fn(u)), expected, rtol=1e-8, atol=1e-10)
+    # the backward kernel on what the activation saves (φ(u) or u), scaling the gradient
+    grad = torch.randn(u.shape, dtype=DOUBLE)
+    saved = act.fn(u) if act.saves_output else u
+    torch.testing.assert_close(act.backward(grad.clone(), saved), grad * expected)
 
 
 # -- tails --------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def softsign(u):
 
 # A smooth test-only φ without closed-form moments: normlab falls back to its quadrature.
 # (A φ with a kink in φ'', such as softsign, needs more quadrature nodes than the default.)
-ARCTAN = Activation("test_arctan", torch.atan, lambda u: 1.0 / (1.0 + u * u), "atan(u)")
+ARCTAN = Activation("test_arctan", torch.atan, lambda grad, u: grad / (1.0 + u * u), "atan(u)")
 
 
 @pytest.mark.usefixtures("scratch_registry")

@@ -1,7 +1,7 @@
 r"""The activation step z = φ(γ·ỹ + β) (PN paper Eq. 4) and its variants.
 
 An :class:`ActivationStep` describes itself as a :class:`Plan`: a per-channel affine (weight, bias)
-followed by a tail. Run alone (``forward``) the affine is one ``addcmul``; inside a
+followed by a tail. Run alone (``forward``) the affine is a multiply-add; inside a
 :class:`~normlab.layers.NormAct` it is folded into the preceding normalizer's kernel, so that
 BN + Act costs what torch's BatchNorm2d + ReLU cost.
 """

@@ -1,6 +1,7 @@
 r"""The activation functions φ of the activation step, with what Proxy Normalization needs of them.
 
-Each registered φ carries its derivative (so fused backward passes recompute instead of storing)
+Each registered φ carries torch's backward kernel for it (so fused backward passes recompute
+instead of storing)
 and how its Gaussian moments E[φ(U)], Var[φ(U)], U ~ N(μ, s²), are computed exactly: a closed form
 or a trapezoidal quadrature with enough nodes for 1e-6 relative error over the validated range
 (|μ| <= 6, |s| <= 4.5, i.e. |γ| <= 3, |β| <= 3, |β̃| <= 1, |γ̃| <= 0.5).
@@ -9,7 +10,6 @@ or a trapezoidal quadrature with enough nodes for 1e-6 relative error over the v
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,9 +30,10 @@ class Activation:
     Attributes:
         name: registry key, as given in ``act="..."``.
         fn: φ itself, elementwise.
-        derivative: φ'(u), used by fused backward passes that recompute rather than store.
-        derivative_from_output: φ' written as a function of φ(u), where one exists (tanh,
-            sigmoid, ...): a backward pass can then save the output alone, as torch does.
+        backward: (grad, saved) -> grad·φ'(u), torch's fused backward kernel for φ, which may
+            write into grad's storage; ``saved`` is φ(u) when ``saves_output``, else u.
+        saves_output: whether φ' is a function of φ(u) (relu, tanh, sigmoid, ...), so that a
+            backward pass can keep the output alone, as torch does.
         closed_form: (μ, s) -> (E, Var) of φ(N(μ, s²)) in closed form, or None for quadrature.
         moment_rule: closed-form moments with their vector-Jacobian product, where known: PN
             then computes its whole per-channel scale and shift as a single autograd node.
@@ -44,14 +45,18 @@ class Activation:
 
     name: str
     fn: Callable[[Tensor], Tensor]
-    derivative: Callable[[Tensor], Tensor]
+    backward: Callable[[Tensor, Tensor], Tensor]
     description: str
-    derivative_from_output: Callable[[Tensor], Tensor] | None = None
+    saves_output: bool = False
     closed_form: Callable[[Tensor, Tensor], gaussian.Moments] | None = None
     moment_rule: gaussian.MomentRule | None = None
     quadrature_nodes: int = 128
     quadrature_half_width: float = 10.0
     threshold_form: bool = False
+
+    def derivative(self, u: Tensor) -> Tensor:
+        """φ'(u), elementwise, from the backward kernel."""
+        return self.backward(torch.ones_like(u), self.fn(u) if self.saves_output else u)
 
     def moments(self, mu: Tensor, s: Tensor) -> gaussian.Moments:
         """E[φ(U)] and Var[φ(U)] for U ~ N(μ, s²), exactly (closed form or quadrature)."""
@@ -97,64 +102,60 @@ def activation_names(aliases: bool = False) -> list[str]:
     return names + list(_ALIASES) if aliases else names
 
 
-def _step(u: Tensor) -> Tensor:
-    return (u > 0).to(u.dtype)
+_aten = torch.ops.aten
+
+# Backward kernels: (grad, saved) -> grad·φ'(u), saved = φ(u) or u as the activation declares.
+# Each is torch's own fused kernel for φ, writing into grad's storage (callers pass a fresh grad).
 
 
-def _leaky_derivative(u: Tensor) -> Tensor:
-    # The slope as a tensor of u's dtype: a Python scalar would be rounded to float32 first.
-    return torch.where(u > 0, torch.ones_like(u), torch.full_like(u, LEAKY_RELU_SLOPE))
+def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
+    return _aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
 
 
-def _gelu_derivative(u: Tensor) -> Tensor:
-    return torch.special.ndtr(u) + u * torch.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
+def _leaky_relu_backward(grad: Tensor, out: Tensor) -> Tensor:
+    # leaky_relu(u) > 0 exactly where u > 0
+    return _aten.leaky_relu_backward.grad_input(grad, out, LEAKY_RELU_SLOPE, True, grad_input=grad)
 
 
-def _silu_derivative(u: Tensor) -> Tensor:
-    sig = torch.sigmoid(u)
-    return sig * (1.0 + u * (1.0 - sig))
+def _gelu_backward(grad: Tensor, u: Tensor) -> Tensor:
+    return _aten.gelu_backward.grad_input(grad, u, approximate="none", grad_input=grad)
 
 
-def _tanh_derivative(u: Tensor) -> Tensor:
-    return 1.0 - torch.tanh(u).square()
+def _silu_backward(grad: Tensor, u: Tensor) -> Tensor:
+    return _aten.silu_backward.grad_input(grad, u, grad_input=grad)
 
 
-def _sigmoid_derivative(u: Tensor) -> Tensor:
-    sig = torch.sigmoid(u)
-    return sig * (1.0 - sig)
+def _tanh_backward(grad: Tensor, out: Tensor) -> Tensor:
+    return _aten.tanh_backward.grad_input(grad, out, grad_input=grad)
 
 
-def _elu_derivative(u: Tensor) -> Tensor:
-    return torch.where(u > 0, torch.ones_like(u), torch.exp(u.clamp_max(0.0)))
+def _sigmoid_backward(grad: Tensor, out: Tensor) -> Tensor:
+    return _aten.sigmoid_backward.grad_input(grad, out, grad_input=grad)
+
+
+def _elu_backward(grad: Tensor, out: Tensor) -> Tensor:
+    return _aten.elu_backward.grad_input(grad, 1.0, 1.0, 1.0, True, out, grad_input=grad)
+
+
+def _softplus_backward(grad: Tensor, u: Tensor) -> Tensor:
+    return _aten.softplus_backward.grad_input(grad, u, 1.0, 20.0, grad_input=grad)
 
 
 def _identity(u: Tensor) -> Tensor:
     return u
 
 
-def _tanh_derivative_from_output(f: Tensor) -> Tensor:
-    return 1.0 - f.square()
-
-
-def _sigmoid_derivative_from_output(f: Tensor) -> Tensor:
-    return f * (1.0 - f)
-
-
-def _elu_derivative_from_output(f: Tensor) -> Tensor:
-    return torch.where(f > 0, torch.ones_like(f), f + 1.0)
-
-
-def _softplus_derivative_from_output(f: Tensor) -> Tensor:
-    return -torch.expm1(-f)
+def _identity_backward(grad: Tensor, _out: Tensor) -> Tensor:
+    return grad
 
 
 register_activation(
     Activation(
         "relu",
         F.relu,
-        _step,
+        _relu_backward,
         "max(u, 0)",
-        derivative_from_output=_step,
+        saves_output=True,
         closed_form=gaussian.relu_moments,
         moment_rule=gaussian.RELU_RULE,
         threshold_form=True,
@@ -164,67 +165,51 @@ register_activation(
     Activation(
         "leaky_relu",
         functools.partial(F.leaky_relu, negative_slope=LEAKY_RELU_SLOPE),
-        _leaky_derivative,
+        _leaky_relu_backward,
         f"max(u, {LEAKY_RELU_SLOPE}u)",
-        derivative_from_output=_leaky_derivative,  # leaky_relu(u) > 0 exactly where u > 0
+        saves_output=True,
         closed_form=functools.partial(gaussian.leaky_relu_moments, slope=LEAKY_RELU_SLOPE),
     )
 )
 register_activation(
-    Activation(
-        "gelu", F.gelu, _gelu_derivative, "u·Φ(u), the exact (erf) form", quadrature_nodes=128
-    )
+    Activation("gelu", F.gelu, _gelu_backward, "u·Φ(u), the exact (erf) form", quadrature_nodes=128)
 )
 register_activation(
-    Activation("silu", F.silu, _silu_derivative, "u·sigmoid(u)", quadrature_nodes=128),
+    Activation("silu", F.silu, _silu_backward, "u·sigmoid(u)", quadrature_nodes=128),
     aliases=("swish",),
 )
 register_activation(
     Activation(
         "tanh",
         torch.tanh,
-        _tanh_derivative,
+        _tanh_backward,
         "tanh(u)",
-        derivative_from_output=_tanh_derivative_from_output,
+        saves_output=True,
         quadrature_nodes=224,
         quadrature_half_width=11.0,
     )
 )
 register_activation(
-    Activation(
-        "sigmoid",
-        torch.sigmoid,
-        _sigmoid_derivative,
-        "1/(1+e^-u)",
-        derivative_from_output=_sigmoid_derivative_from_output,
-    )
+    Activation("sigmoid", torch.sigmoid, _sigmoid_backward, "1/(1+e^-u)", saves_output=True)
 )
 register_activation(
     Activation(
         "elu",
         F.elu,
-        _elu_derivative,
+        _elu_backward,
         "u if u > 0 else e^u - 1",
-        derivative_from_output=_elu_derivative_from_output,
+        saves_output=True,
         closed_form=gaussian.elu_moments,
     )
 )
-register_activation(
-    Activation(
-        "softplus",
-        F.softplus,
-        torch.sigmoid,
-        "log(1 + e^u)",
-        derivative_from_output=_softplus_derivative_from_output,
-    )
-)
+register_activation(Activation("softplus", F.softplus, _softplus_backward, "log(1 + e^u)"))
 register_activation(
     Activation(
         "identity",
         _identity,
-        torch.ones_like,
+        _identity_backward,
         "u (no nonlinearity)",
-        derivative_from_output=torch.ones_like,
+        saves_output=True,
         closed_form=gaussian.identity_moments,
     ),
     aliases=("linear", "none"),

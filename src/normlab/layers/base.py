@@ -16,9 +16,12 @@ from .._checks import channel_view, check_input, check_positive_int
 
 
 def apply_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """y·weight + bias with per-channel weight and bias (either may be None)."""
+    """y·weight + bias with per-channel weight and bias (either may be None).
+
+    Two binary ops rather than one ``addcmul``: with two broadcast operands eager addcmul runs
+    about 3x slower on CPU, forward and backward."""
     if weight is not None and bias is not None:
-        return torch.addcmul(channel_view(bias, y.dim()), y, channel_view(weight, y.dim()))
+        return (y * channel_view(weight, y.dim())).add_(channel_view(bias, y.dim()))
     if weight is not None:
         return y * channel_view(weight, y.dim())
     if bias is not None:

@@ -60,18 +60,16 @@ def channel_max(u: Tensor, c: Tensor, shift: bool = False, inplace: bool = False
 
 class _ScaleShiftAct(torch.autograd.Function):
     """out = φ(u)·a_c + c_c. Saves the output when φ' is a function of φ (then φ(u) = (out - c)/a,
-    a > 0), else u; φ and φ' are recomputed in backward."""
+    a > 0), else u; φ(u) is recomputed in backward and φ' applied by torch's fused kernel."""
 
     @staticmethod
     def forward(ctx, u: Tensor, scale: Tensor, shift: Tensor, act: Activation) -> Tensor:
         scale_view, shift_view = channel_view(scale, u.dim()), channel_view(shift, u.dim())
         value = act.fn(u)
-        if value is u:  # φ = identity: u is an input, not ours to overwrite
-            out = torch.addcmul(shift_view, value, scale_view)
-        else:
-            out = torch.addcmul(shift_view, value, scale_view, out=value)
+        # φ(u) is fresh and ours to overwrite, unless φ = identity handed u itself back
+        out = (value * scale_view if value is u else value.mul_(scale_view)).add_(shift_view)
         ctx.act = act
-        ctx.save_for_backward(out if act.derivative_from_output else u, scale_view, shift_view)
+        ctx.save_for_backward(out if act.saves_output else u, scale_view, shift_view)
         return out
 
     @staticmethod
@@ -79,14 +77,11 @@ class _ScaleShiftAct(torch.autograd.Function):
         first_order_only("_ScaleShiftAct")
         saved, scale_view, shift_view = ctx.saved_tensors
         act: Activation = ctx.act
-        if act.derivative_from_output is not None:
-            value = (saved - shift_view) / scale_view
-            slope = act.derivative_from_output(value)
-        else:
-            value, slope = act.fn(saved), act.derivative(saved)
-        grad_u = grad * slope * scale_view
-        grad_scale = channel_sum(grad * value) if ctx.needs_input_grad[1] else None
+        # φ(u), recomputed: (out - c)/a, exactly 0 where out = c, or φ of the saved u
+        value = (saved - shift_view).div_(scale_view) if act.saves_output else act.fn(saved)
+        grad_u = act.backward(grad * scale_view, value if act.saves_output else saved)
         grad_shift = channel_sum(grad) if ctx.needs_input_grad[2] else None
+        grad_scale = channel_sum(value.mul_(grad)) if ctx.needs_input_grad[1] else None
         return grad_u, grad_scale, grad_shift, None
 
 
