@@ -1,7 +1,8 @@
 """Forward+backward time of Proxy Normalization against its natural baselines, in one process.
 
 For NCHW activation shapes of CIFAR ResNets (batch 128) and ImageNet ResNet-50 (batch 32) it
-times, per shape, one forward and backward pass (input, parameters) of:
+times, per shape, one forward and backward pass (input, parameters) of, with φ = relu unless
+``--act`` says otherwise:
 
 * ``BN+ReLU``   torch eager nn.BatchNorm2d + nn.ReLU
 * ``GN+ReLU``   torch eager nn.GroupNorm + nn.ReLU            <- the baseline of the ratios
@@ -17,7 +18,7 @@ GN+ReLU.
 Candidates run interleaved, round after round, and each one's median over the rounds is
 reported, so that drifts of the machine (frequency, other processes) hit all of them alike.
 
-    python benchmarks/pn_speed.py [--quick] [--device cuda] [--markdown] [--no-models]
+    python benchmarks/pn_speed.py [--quick] [--act gelu] [--device cuda] [--markdown] [--no-models]
 """
 
 from __future__ import annotations
@@ -50,32 +51,48 @@ IMAGENET = [
 MODELS = [("resnet20", (128, 3, 32, 32), 8), ("resnet50", (8, 3, 224, 224), 32)]
 
 
-class NaivePN(nn.Module):
-    """PN as written in eager code: GN without affine, then (relu(γy+β) - E)/sqrt(Var+ε) with
-    E, Var the mean and biased variance of relu(γ·q_i + β) over 200 proxy quantiles q_i."""
+# φ -> torch's module for it, the baselines' activation
+TORCH_ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+}
 
-    def __init__(self, channels: int, groups: int, eps: float = 0.03) -> None:
+
+class NaivePN(nn.Module):
+    """PN as written in eager code: GN without affine, then (φ(γy+β) - E)/sqrt(Var+ε) with
+    E, Var the mean and biased variance of φ(γ·q_i + β) over 200 proxy quantiles q_i."""
+
+    def __init__(self, channels: int, groups: int, act: str, eps: float = 0.03) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels, affine=False)
+        self.act = TORCH_ACTS[act]()
         self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
         self.beta = nn.Parameter(torch.zeros(channels, 1, 1))
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        z = torch.relu(self.gamma * self.norm(x) + self.beta)
+        z = self.act(self.gamma * self.norm(x) + self.beta)
         q = reference_quantiles(200, x.dtype, x.device)
-        proxy = torch.relu(self.gamma.view(-1, 1) * q + self.beta.view(-1, 1))
+        proxy = self.act(self.gamma.view(-1, 1) * q + self.beta.view(-1, 1))
         var, mean = torch.var_mean(proxy, dim=1, correction=0)
         return (z - mean.view(-1, 1, 1)) / torch.sqrt(var.view(-1, 1, 1) + self.eps)
 
 
-def candidates(channels: int, groups: int) -> dict[str, nn.Module]:
+def candidates(channels: int, groups: int, act: str) -> dict[str, nn.Module]:
+    """The compared layers; the second, torch's GN + φ, is the baseline of the ratios."""
+    label = TORCH_ACTS[act]().__class__.__name__
     return {
-        "BN+ReLU": nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU()),
-        "GN+ReLU": nn.Sequential(nn.GroupNorm(groups, channels), nn.ReLU()),
-        "GN+Act": normlab.scheme(f"gn{groups}").norm_act(channels),
-        "GN+PN": normlab.scheme(f"gn{groups}+pn").norm_act(channels),
-        "naive PN": NaivePN(channels, groups),
+        f"BN+{label}": nn.Sequential(nn.BatchNorm2d(channels), TORCH_ACTS[act]()),
+        f"GN+{label}": nn.Sequential(nn.GroupNorm(groups, channels), TORCH_ACTS[act]()),
+        "GN+Act": normlab.scheme(f"gn{groups}", act=act).norm_act(channels),
+        "GN+PN": normlab.scheme(f"gn{groups}+pn", act=act).norm_act(channels),
+        "naive PN": NaivePN(channels, groups, act),
     }
 
 
@@ -98,12 +115,12 @@ def time_step(module: nn.Module, x: Tensor, grad: Tensor) -> float:
 
 
 def measure(
-    shape: tuple[int, ...], device: torch.device, rounds: int, warmup: int
+    shape: tuple[int, ...], act: str, device: torch.device, rounds: int, warmup: int
 ) -> dict[str, float]:
     """Median seconds per forward+backward of every candidate layer, interleaved."""
     channels = shape[1]
     groups = 8 if channels <= 64 and shape[0] >= 128 else 32
-    modules = candidates(channels, groups)
+    modules = candidates(channels, groups, act)
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device).requires_grad_()
     grad = torch.randn(shape, generator=gen).to(device)
@@ -156,7 +173,7 @@ def report(
         say(f"{'shape (N, C, H, W)':22s}" + "".join(f"{n:>18s}" for n in names))
     ratios = []
     for shape, times in results:
-        base = times["GN+ReLU"]
+        base = times[names[1]]
         ratios.append(times["GN+PN"] / base)
         cells = [f"{times[n] * 1e3:.2f} ({times[n] / base:.2f}×)" for n in names]
         if markdown:
@@ -164,7 +181,7 @@ def report(
         else:
             say(f"{shape!s:22s}" + "".join(f"{c:>18s}" for c in cells))
     geo = statistics.geometric_mean(ratios)
-    say(f"\nGN+PN / GN+ReLU: geometric mean {geo:.3f}×, max {max(ratios):.3f}× (target <= 1.10×)")
+    say(f"\nGN+PN / {names[1]}: geometric mean {geo:.3f}×, max {max(ratios):.3f}×")
 
 
 def report_models(
@@ -194,6 +211,7 @@ def main() -> None:
         "--stable-malloc", action="store_true", help="tune glibc malloc to avoid page faults"
     )
     parser.add_argument("--no-models", action="store_true", help="skip the whole-model table")
+    parser.add_argument("--act", default="relu", choices=sorted(TORCH_ACTS), help="φ (relu)")
     args = parser.parse_args()
     if args.stable_malloc:
         stabilise_allocator()
@@ -204,9 +222,9 @@ def main() -> None:
     rounds = args.rounds or (10 if args.quick else 30)
     print(
         f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
-        f"{rounds} rounds, median fwd+bwd time, ratios to GN+ReLU"
+        f"{rounds} rounds, median fwd+bwd time, φ = {args.act}, ratios to torch's GN + φ"
     )
-    results = [(shape, measure(shape, device, rounds, warmup=3)) for shape in shapes]
+    results = [(shape, measure(shape, args.act, device, rounds, warmup=3)) for shape in shapes]
     report(results, args.markdown, print)
     if args.no_models:
         return

@@ -1,0 +1,51 @@
+"""The PN benchmark script runs end to end on tiny shapes (it is not a timed test)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pn_speed.py"
+
+
+@pytest.fixture(scope="module")
+def pn_speed():
+    spec = importlib.util.spec_from_file_location("pn_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_layer_table(pn_speed, act):
+    times = pn_speed.measure((4, 64, 3, 3), act, torch.device("cpu"), rounds=1, warmup=0)
+    label = "ReLU" if act == "relu" else "GELU"
+    assert list(times) == [f"BN+{label}", f"GN+{label}", "GN+Act", "GN+PN", "naive PN"]
+    assert all(t > 0 for t in times.values())
+    lines = []
+    pn_speed.report([((4, 64, 3, 3), times)], markdown=True, say=lines.append)
+    assert lines[0].startswith("| shape (N, C, H, W) |")
+    assert "geometric mean" in lines[-1]
+
+
+def test_model_table(pn_speed):
+    times = pn_speed.measure_model(
+        "resnet20", (2, 3, 32, 32), 8, torch.device("cpu"), rounds=1, warmup=0
+    )
+    assert list(times) == ["bn", "gn8", "gn8+pn"]
+    lines = []
+    pn_speed.report_models([("resnet20", (2, 3, 32, 32), times)], markdown=True, say=lines.append)
+    assert lines[-1].startswith("| resnet20 |")
+
+
+def test_naive_pn_is_eq7_with_the_reference_moments(pn_speed):
+    """The naive baseline computes the same function as normlab's PN with the K=200 estimator."""
+    torch.manual_seed(0)
+    naive = pn_speed.NaivePN(8, 2, "gelu")
+    layer = pn_speed.normlab.scheme("gn2+pn", act="gelu").norm_act(8)
+    layer.act.method = "reference"
+    x = torch.randn(3, 8, 4, 4)
+    torch.testing.assert_close(naive(x), layer(x), rtol=1e-5, atol=1e-5)
