@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 import normlab
 from normlab import models
+from normlab.convert import TORCH_ACTIVATIONS
 from normlab.layers.proxy_moments import reference_quantiles
 
 CIFAR = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
@@ -51,19 +52,6 @@ IMAGENET = [
 MODELS = [("resnet20", (128, 3, 32, 32), 8), ("resnet50", (8, 3, 224, 224), 32)]
 
 
-# φ -> torch's module for it, the baselines' activation
-TORCH_ACTS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-}
-
-
 class NaivePN(nn.Module):
     """PN as written in eager code: GN without affine, then (φ(γy+β) - E)/sqrt(Var+ε) with
     E, Var the mean and biased variance of φ(γ·q_i + β) over 200 proxy quantiles q_i."""
@@ -71,7 +59,7 @@ class NaivePN(nn.Module):
     def __init__(self, channels: int, groups: int, act: str, eps: float = 0.03) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels, affine=False)
-        self.act = TORCH_ACTS[act]()
+        self.act = TORCH_ACTIVATIONS[act]()
         self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
         self.beta = nn.Parameter(torch.zeros(channels, 1, 1))
         self.eps = eps
@@ -86,10 +74,10 @@ class NaivePN(nn.Module):
 
 def candidates(channels: int, groups: int, act: str) -> dict[str, nn.Module]:
     """The compared layers; the second, torch's GN + φ, is the baseline of the ratios."""
-    label = TORCH_ACTS[act]().__class__.__name__
+    label = TORCH_ACTIVATIONS[act]().__class__.__name__
     return {
-        f"BN+{label}": nn.Sequential(nn.BatchNorm2d(channels), TORCH_ACTS[act]()),
-        f"GN+{label}": nn.Sequential(nn.GroupNorm(groups, channels), TORCH_ACTS[act]()),
+        f"BN+{label}": nn.Sequential(nn.BatchNorm2d(channels), TORCH_ACTIVATIONS[act]()),
+        f"GN+{label}": nn.Sequential(nn.GroupNorm(groups, channels), TORCH_ACTIVATIONS[act]()),
         "GN+Act": normlab.scheme(f"gn{groups}", act=act).norm_act(channels),
         "GN+PN": normlab.scheme(f"gn{groups}+pn", act=act).norm_act(channels),
         "naive PN": NaivePN(channels, groups, act),
@@ -211,7 +199,7 @@ def main() -> None:
         "--stable-malloc", action="store_true", help="tune glibc malloc to avoid page faults"
     )
     parser.add_argument("--no-models", action="store_true", help="skip the whole-model table")
-    parser.add_argument("--act", default="relu", choices=sorted(TORCH_ACTS), help="φ (relu)")
+    parser.add_argument("--act", default="relu", choices=sorted(TORCH_ACTIVATIONS), help="φ (relu)")
     args = parser.parse_args()
     if args.stable_malloc:
         stabilise_allocator()

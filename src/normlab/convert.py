@@ -375,7 +375,8 @@ def _like(target: nn.Module, source: nn.Module) -> nn.Module:
     return target.train(source.training)
 
 
-_TORCH_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+# torch's module for each built-in φ (the reverse conversion builds these)
+TORCH_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(LEAKY_RELU_SLOPE),
     "gelu": nn.GELU,
@@ -413,7 +414,7 @@ class _Converter:
             norm = nn.SyncBatchNorm(C)
             if not unit:
                 return norm
-            return nn.Sequential(OrderedDict(norm=norm, act=_TORCH_ACTIVATIONS[act_name]()))
+            return nn.Sequential(OrderedDict(norm=norm, act=TORCH_ACTIVATIONS[act_name]()))
         if act_name is None:
             return self._build(path, lambda: s.norm(C))
         return self._build(path, lambda: s.norm_act(C, act_name))
