@@ -1,4 +1,5 @@
-"""GN (LN, IN) + relu-PN as one autograd node, against the same step run as separate nodes."""
+"""GN (LN, IN) + relu-PN as one autograd node (Python, and C++ on CPU), against the same step run
+as separate nodes."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ import pytest
 import torch
 
 from normlab import scheme
-from normlab.layers import NormAct
-from normlab.layers.group_norm_pn import GroupNormThresholdPN
+from normlab.layers import NormAct, compiled
 
 DOUBLE = torch.float64
-FUSED_NODE = GroupNormThresholdPN.__name__ + "Backward"
+FUSED_NODE = "GroupNormThresholdPN"
+
+
+@pytest.fixture(params=["python", "c++"], autouse=True)
+def backend(request):
+    """Every test runs on the Python node and on the C++ one (skipped if it cannot be built)."""
+    use_cpp = request.param == "c++"
+    if use_cpp and compiled.kernels() is None:
+        pytest.skip("normlab's C++ kernels could not be built here")
+    previous = compiled.set_compiled_kernels(use_cpp)
+    yield request.param
+    compiled.set_compiled_kernels(previous)
 
 
 def build(spec: str, channels: int = 8, act: str = "relu", dtype=DOUBLE) -> NormAct:
@@ -26,7 +37,11 @@ def build(spec: str, channels: int = 8, act: str = "relu", dtype=DOUBLE) -> Norm
 
 
 def node_name(out: torch.Tensor) -> str:
-    return type(out.grad_fn).__name__
+    return out.grad_fn.name()
+
+
+def is_fused(out: torch.Tensor) -> bool:
+    return FUSED_NODE in node_name(out)
 
 
 def gradients(layer: NormAct, x: torch.Tensor, grad_out: torch.Tensor, unfused: bool = False):
@@ -42,7 +57,7 @@ def test_training_runs_one_node_equal_to_the_separate_steps(spec):
     x = (3.0 * torch.randn(4, 8, 5, 5, dtype=DOUBLE) + 1.0).requires_grad_()
     grad_out = torch.randn(x.shape, dtype=DOUBLE)
     out, grads = gradients(layer, x, grad_out)
-    assert node_name(out) == FUSED_NODE
+    assert is_fused(out)
     expected, expected_grads = gradients(layer, x, grad_out, unfused=True)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, expected_grads, strict=True):
@@ -63,7 +78,7 @@ def test_gradcheck():
     layer = build("gn2+pn", channels=4)
     x = torch.randn(2, 4, 3, 3, dtype=DOUBLE, requires_grad=True)
     params = list(layer.act.parameters())
-    assert node_name(layer(x)) == FUSED_NODE
+    assert is_fused(layer(x))
     assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
 
 
@@ -89,7 +104,7 @@ def test_channels_last_input_matches_contiguous():
 def test_other_steps_are_not_fused_into_one_node(spec, act, why):
     layer = build(spec, act=act)
     out = layer(torch.randn(4, 8, 3, 3, dtype=DOUBLE, requires_grad=True))
-    assert node_name(out) != FUSED_NODE, why
+    assert not is_fused(out), why
 
 
 def test_reference_moments_and_no_grad_use_the_plan():
@@ -97,7 +112,7 @@ def test_reference_moments_and_no_grad_use_the_plan():
     reference = copy.deepcopy(layer)
     reference.act.method = "reference"
     x = torch.randn(2, 8, 3, 3, dtype=DOUBLE, requires_grad=True)
-    assert node_name(reference(x)) != FUSED_NODE
+    assert not is_fused(reference(x))
     with torch.no_grad():
         torch.testing.assert_close(layer(x), layer.act(layer.norm(x)))
 
@@ -108,5 +123,26 @@ def test_autocast_falls_back_to_the_separate_steps():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
         expected = layer.act(layer.norm(x))
-    assert node_name(out) != FUSED_NODE
+    assert not is_fused(out)
     torch.testing.assert_close(out, expected)
+
+
+def test_float32_matches_the_double_computation():
+    """The C++ node folds in double; both nodes agree with a float64 run to float32 accuracy."""
+    layer = build("gn4+pn", dtype=torch.float32)
+    x = (2.0 * torch.randn(4, 8, 6, 6) + 0.5).requires_grad_()
+    grad_out = torch.randn(x.shape)
+    out, grads = gradients(layer, x, grad_out)
+    wide = copy.deepcopy(layer).double()
+    x64 = x.detach().double().requires_grad_()
+    expected, expected_grads = gradients(wide, x64, grad_out.double())
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_double_backward_is_refused():
+    layer = build("gn4+pn")
+    x = torch.randn(2, 8, 3, 3, dtype=DOUBLE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)

@@ -11,6 +11,10 @@ per layer; here the fold, torch's native group_norm and its native backward run 
 node. Backward saves what GN + ReLU save (GN's input and statistics, and z), masks the incoming
 gradient where z > c, hands it to ``native_group_norm_backward`` (which returns the gradients of
 weight and bias), and adds c's gradient Σ grad.
+
+On CPU the same node is written in C++ (``csrc/group_norm_pn.cpp``, built and loaded by
+:mod:`normlab.layers.compiled`): no Python on the per-layer path, the fold in double precision,
+and the mask and Σ grad in one pass over the gradient.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._checks import channel_sum, channel_view, first_order_only
+from .compiled import kernels
 from .gaussian import MomentRule
 from .threshold_fold import fold, fold_vjp
 
@@ -75,5 +80,21 @@ def group_norm_threshold_pn(
     eps: float,
     rule: MomentRule,
 ) -> tuple[Tensor, Tensor]:
-    """relu-PN(GN(x)) with PN parameters ``params`` = (γ, β, β̃, γ̃); returns (z, c)."""
+    """relu-PN(GN(x)) with PN parameters ``params`` = (γ, β, β̃, γ̃); returns (z, c).
+
+    Runs normlab's C++ node (:mod:`normlab.layers.compiled`) for contiguous float32/float64 CPU
+    tensors outside torch.compile, and :class:`GroupNormThresholdPN` otherwise."""
+    compiled = kernels() if _compiled_kernel_applies(x, params) else None
+    if compiled is not None:
+        return tuple(compiled.group_norm_threshold_pn(x, *params, groups, norm_eps, eps))
     return GroupNormThresholdPN.apply(x, *params, groups, norm_eps, eps, rule)
+
+
+def _compiled_kernel_applies(x: Tensor, params: tuple[Tensor, ...]) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+        and all(p.dtype == x.dtype and p.is_contiguous() for p in params)
+        and not torch.compiler.is_compiling()
+    )

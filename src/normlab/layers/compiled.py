@@ -1,0 +1,107 @@
+"""normlab's C++ kernels, built on first use and cached; eager PyTorch is the fallback.
+
+The kernel in ``csrc/group_norm_pn.cpp`` runs GN (LN, IN) + relu-PN on CPU as one native autograd
+node (see :mod:`normlab.layers.group_norm_pn` for the same step in Python). It is compiled with
+torch's JIT extension builder (a C++ compiler and ninja are needed) into
+``$NORMLAB_CACHE`` (default ``~/.cache/normlab``), about half a minute on the first use of a given
+source and torch version, and loaded from there afterwards. Where it cannot be built, normlab warns
+once and runs the eager implementation, which computes the same step.
+
+``NORMLAB_COMPILED=0`` in the environment, or :func:`set_compiled_kernels` ``(False)``, turns the
+kernels off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "group_norm_pn.cpp"
+_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: ATen's parallel_for, served by torch's own runtime
+
+_enabled = os.environ.get("NORMLAB_COMPILED", "1") != "0"
+_module: ModuleType | None = None
+_failure: str | None = None
+
+
+def set_compiled_kernels(enabled: bool) -> bool:
+    """Use normlab's C++ kernels where they apply (default) or always the eager implementation;
+    return the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    return previous
+
+
+def build_directory() -> Path:
+    """Where the kernels are built: one directory per source, torch and Python version."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    root = Path(os.environ.get("NORMLAB_CACHE", Path.home() / ".cache" / "normlab"))
+    return root / f"kernels-torch{torch.__version__}-{python}-{digest}"
+
+
+def kernels() -> ModuleType | None:
+    """The compiled kernels, or None when they are turned off or cannot be built."""
+    global _module, _failure
+    if not _enabled or _failure is not None:
+        return None
+    if _module is None:
+        try:
+            _module = _build()
+        except Exception as error:  # no compiler, no ninja, a failed build: fall back, loudly
+            last_line = (str(error).strip().splitlines() or [""])[-1]
+            _failure = f"{type(error).__name__}: {last_line}"
+            warnings.warn(
+                f"normlab could not build its C++ kernels ({_failure}); GN+PN runs the eager "
+                f"implementation (same results, slower on small activations). Set "
+                f"NORMLAB_COMPILED=0 to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+    return _module
+
+
+def _build() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    directory = build_directory()
+    if not any(directory.glob("*.so")):
+        print(
+            f"normlab: compiling its C++ kernels into {directory} (first use only, about 30 s)",
+            file=sys.stderr,
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    with _ninja_on_path():
+        return cpp_extension.load(
+            name="normlab_kernels",
+            sources=[str(SOURCE)],
+            extra_cflags=_FLAGS,
+            build_directory=str(directory),
+            verbose=False,
+        )
+
+
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's builder runs ``ninja`` from PATH; the pip package (a dependency of normlab) puts it
+    in the environment's bin, which is not on PATH when that environment is not activated."""
+    try:
+        import ninja
+    except ImportError:
+        yield
+        return
+    previous = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, previous])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = previous
