@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+import normlab
 from normlab import scheme
 from normlab.layers import NormAct, compiled
 
@@ -146,3 +147,18 @@ def test_double_backward_is_refused():
     x = torch.randn(2, 8, 3, 3, dtype=DOUBLE, requires_grad=True)
     with pytest.raises(RuntimeError, match="first-order gradients only"):
         torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("name", ["gamma", "proxy_gamma"])
+def test_non_finite_parameters_raise_and_name_the_parameter(name):
+    layer = build("gn4+pn")
+    with torch.no_grad():
+        getattr(layer.act, name)[1] = float("nan")
+    x = torch.randn(2, 8, 3, 3, dtype=DOUBLE, requires_grad=True)
+    with pytest.raises(ValueError, match=rf"non-finite parameters: {name} \(1 of 8 entries\)"):
+        layer(x)
+    previous = normlab.set_finite_checks(False)
+    try:
+        assert not bool(torch.isfinite(layer(x)).all())
+    finally:
+        normlab.set_finite_checks(previous)

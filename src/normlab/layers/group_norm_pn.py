@@ -72,6 +72,10 @@ class GroupNormThresholdPN(torch.autograd.Function):
         return grad_x, *grads, None, None, None, None
 
 
+class NonFiniteFoldError(ValueError):
+    """PN's threshold c = -E·a came out non-finite: some PN parameter is (the caller names it)."""
+
+
 def group_norm_threshold_pn(
     x: Tensor,
     params: tuple[Tensor, Tensor, Tensor, Tensor],
@@ -79,15 +83,26 @@ def group_norm_threshold_pn(
     norm_eps: float,
     eps: float,
     rule: MomentRule,
-) -> tuple[Tensor, Tensor]:
-    """relu-PN(GN(x)) with PN parameters ``params`` = (γ, β, β̃, γ̃); returns (z, c).
+    check_finite: bool = True,
+) -> Tensor:
+    """relu-PN(GN(x)) with PN parameters ``params`` = (γ, β, β̃, γ̃).
 
     Runs normlab's C++ node (:mod:`normlab.layers.compiled`) for contiguous float32/float64 CPU
-    tensors outside torch.compile, and :class:`GroupNormThresholdPN` otherwise."""
+    tensors outside torch.compile, and :class:`GroupNormThresholdPN` otherwise. Raises
+    :class:`NonFiniteFoldError` when ``check_finite`` and the threshold is not finite."""
     compiled = kernels() if _compiled_kernel_applies(x, params) else None
     if compiled is not None:
-        return tuple(compiled.group_norm_threshold_pn(x, *params, groups, norm_eps, eps))
-    return GroupNormThresholdPN.apply(x, *params, groups, norm_eps, eps, rule)
+        try:
+            out, _ = compiled.group_norm_threshold_pn(
+                x, *params, groups, norm_eps, eps, check_finite
+            )
+        except ValueError as error:  # the kernel's only ValueError
+            raise NonFiniteFoldError(str(error)) from None
+        return out
+    out, shift = GroupNormThresholdPN.apply(x, *params, groups, norm_eps, eps, rule)
+    if check_finite and not math.isfinite(shift.sum().item()):
+        raise NonFiniteFoldError("non-finite Proxy Normalization parameters")
+    return out
 
 
 def _compiled_kernel_applies(x: Tensor, params: tuple[Tensor, ...]) -> bool:

@@ -27,7 +27,7 @@ from .act import ActivationStep, Plan
 from .activations import Activation
 from .base import Normalization
 from .group_norm import GroupNorm
-from .group_norm_pn import group_norm_threshold_pn
+from .group_norm_pn import NonFiniteFoldError, group_norm_threshold_pn
 from .proxy_moments import METHODS, REFERENCE_POINTS, MomentMethod, proxy_moments
 from .tails import channel_max, scale_shift_act
 from .threshold_fold import ThresholdFold
@@ -107,9 +107,13 @@ class ProxyNormAct(ActivationStep):
         norm.check_input(x)
         params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
         rule = self.activation.moment_rule
-        out, shift = group_norm_threshold_pn(x, params, norm.num_groups, norm.eps, self.eps, rule)
-        self._check_finite(shift)
-        return out
+        check = finite_checks_enabled()
+        try:
+            return group_norm_threshold_pn(
+                x, params, norm.num_groups, norm.eps, self.eps, rule, check
+            )
+        except NonFiniteFoldError:
+            raise self._non_finite_error() from None
 
     def _fuses_with_group_norm(self, norm: Normalization, x: Tensor) -> bool:
         """Whether :func:`group_norm_threshold_pn` computes this step exactly: a group
@@ -142,16 +146,16 @@ class ProxyNormAct(ActivationStep):
     def _check_finite(self, shift: Tensor) -> None:
         """c = -E·a is non-finite whenever a parameter is (one reduction, one read-back)."""
         if finite_checks_enabled() and not math.isfinite(shift.sum().item()):
-            self._raise_non_finite()
+            raise self._non_finite_error()
 
-    def _raise_non_finite(self) -> None:
+    def _non_finite_error(self) -> ValueError:
         bad = [
             f"{name} ({int((~torch.isfinite(p)).sum())} of {p.numel()} entries)"
             for name, p in self.named_parameters(recurse=False)
             if not bool(torch.isfinite(p).all())
         ]
         detail = ", ".join(bad) if bad else "finite parameters whose proxy moments overflow"
-        raise ValueError(
+        return ValueError(
             f"ProxyNormAct({self.num_channels}) has non-finite parameters: {detail}; its proxy "
             f"moments are undefined. Training has likely diverged (lower the learning rate), or "
             f"the parameters were loaded or set wrongly."

@@ -91,18 +91,6 @@ std::vector<ChannelFold> fold_all(const Tensor& gamma, const Tensor& beta, const
   return folds;
 }
 
-// (C,) tensors of `options` from one field of each fold.
-template <typename Field>
-Tensor column(const std::vector<ChannelFold>& folds, const at::TensorOptions& options,
-              Field field) {
-  Tensor t = at::empty({static_cast<int64_t>(folds.size())}, options);
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "normlab_column", [&] {
-    scalar_t* data = t.data_ptr<scalar_t>();
-    for (size_t c = 0; c < folds.size(); ++c) data[c] = static_cast<scalar_t>(field(folds[c]));
-  });
-  return t;
-}
-
 // grad_u = grad where out > c (else 0), and Σ grad of each (n, c) plane, in one pass through
 // memory. Eight running partial sums keep the loop vectorizable without reassociating a sum.
 template <typename scalar_t>
@@ -141,17 +129,27 @@ class GroupNormThresholdPN : public torch::autograd::Function<GroupNormThreshold
   static tensor_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& gamma,
                              const Tensor& beta, const Tensor& proxy_beta,
                              const Tensor& proxy_gamma, int64_t groups, double norm_eps,
-                             double eps) {
+                             double eps, bool check_finite) {
     for (const Tensor& t : {x, gamma, beta, proxy_beta, proxy_gamma}) {
       TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == x.scalar_type(),
                   "normlab's C++ GN+PN kernel takes contiguous CPU tensors of one dtype");
     }
     const int64_t batch = x.size(0), channels = x.size(1), plane = x.numel() / (batch * channels);
     const auto folds = fold_all(gamma, beta, proxy_beta, proxy_gamma, eps);
-    const auto options = x.options();
-    const Tensor weight = column(folds, options, [](const ChannelFold& f) { return f.weight; });
-    const Tensor bias = column(folds, options, [](const ChannelFold& f) { return f.bias; });
-    const Tensor shift = column(folds, options, [](const ChannelFold& f) { return f.shift; });
+    Tensor folded = at::empty({3, channels}, x.options());  // rows: weight, bias, c
+    bool finite = true;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "normlab_folded", [&] {
+      scalar_t* f = folded.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < channels; ++c) {
+        f[c] = static_cast<scalar_t>(folds[c].weight);
+        f[channels + c] = static_cast<scalar_t>(folds[c].bias);
+        f[2 * channels + c] = static_cast<scalar_t>(folds[c].shift);
+        finite = finite && std::isfinite(f[2 * channels + c]);
+      }
+    });
+    // c = -E·a is non-finite whenever a parameter is; the caller names them (a ValueError)
+    TORCH_CHECK_VALUE(finite || !check_finite, "non-finite Proxy Normalization parameters");
+    const Tensor weight = folded[0], bias = folded[1], shift = folded[2];
     auto result = at::native_group_norm(x, weight, bias, batch, channels, plane, groups, norm_eps);
     Tensor out = std::get<0>(result);
     std::vector<int64_t> view(x.dim(), 1);
@@ -183,46 +181,48 @@ class GroupNormThresholdPN : public torch::autograd::Function<GroupNormThreshold
                              shift.data_ptr<scalar_t>(), grad_u.data_ptr<scalar_t>(),
                              plane_sums.data_ptr<double>(), batch * channels, channels, plane);
     });
-    const Tensor grad_shift = plane_sums.sum(0);
     auto norm_grads = at::native_group_norm_backward(
         grad_u, x, mean, rstd, weight, batch, channels, plane, groups,
         {ctx->needs_input_grad(0), true, true});
 
-    const auto folds = fold_all(saved[6], saved[7], saved[8], saved[9],
+    const Tensor &gamma = saved[6], &beta = saved[7], &proxy_beta = saved[8],
+                 &proxy_gamma = saved[9];
+    const auto folds = fold_all(gamma, beta, proxy_beta, proxy_gamma,
                                 ctx->saved_data["eps"].toDouble());
-    const Tensor grad_weight = std::get<1>(norm_grads).to(at::kDouble).contiguous();
-    const Tensor grad_bias = std::get<2>(norm_grads).to(at::kDouble).contiguous();
-    auto grads = at::empty({4, channels}, grad_weight.options());
-    const double *gw = grad_weight.data_ptr<double>(), *gb = grad_bias.data_ptr<double>(),
-                 *gs = grad_shift.data_ptr<double>();
-    double* g = grads.data_ptr<double>();
-    AT_DISPATCH_FLOATING_TYPES(saved[6].scalar_type(), "normlab_fold_vjp", [&] {
-      const scalar_t *gamma = saved[6].data_ptr<scalar_t>(), *beta = saved[7].data_ptr<scalar_t>(),
-                     *proxy_beta = saved[8].data_ptr<scalar_t>(),
-                     *proxy_gamma = saved[9].data_ptr<scalar_t>();
+    const Tensor grad_weight = std::get<1>(norm_grads).contiguous();
+    const Tensor grad_bias = std::get<2>(norm_grads).contiguous();
+    Tensor grads = at::empty({4, channels}, gamma.options());  // rows: γ, β, β̃, γ̃
+    AT_DISPATCH_FLOATING_TYPES(gamma.scalar_type(), "normlab_fold_vjp", [&] {
+      const scalar_t *gw = grad_weight.data_ptr<scalar_t>(), *gb = grad_bias.data_ptr<scalar_t>();
+      const double* sums = plane_sums.data_ptr<double>();
+      const scalar_t *g = gamma.data_ptr<scalar_t>(), *b = beta.data_ptr<scalar_t>(),
+                     *pb = proxy_beta.data_ptr<scalar_t>(), *pg = proxy_gamma.data_ptr<scalar_t>();
+      scalar_t* out_grads = grads.data_ptr<scalar_t>();
       for (int64_t c = 0; c < channels; ++c) {
+        double grad_shift = 0.0;  // Σ grad over the batch and positions
+        for (int64_t n = 0; n < batch; ++n) grad_shift += sums[n * channels + c];
         double channel[4];
-        fold_channel_vjp(folds[c], gamma[c], beta[c], proxy_beta[c], proxy_gamma[c], gw[c], gb[c],
-                         gs[c], channel);
-        for (int k = 0; k < 4; ++k) g[k * channels + c] = channel[k];
+        fold_channel_vjp(folds[c], g[c], b[c], pb[c], pg[c], gw[c], gb[c], grad_shift, channel);
+        for (int k = 0; k < 4; ++k) out_grads[k * channels + c] = static_cast<scalar_t>(channel[k]);
       }
     });
-    grads = grads.to(saved[6].scalar_type());
     return {std::get<0>(norm_grads), grads[0], grads[1], grads[2], grads[3],
-            Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 tensor_list group_norm_threshold_pn(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                     const Tensor& proxy_beta, const Tensor& proxy_gamma,
-                                    int64_t groups, double norm_eps, double eps) {
+                                    int64_t groups, double norm_eps, double eps,
+                                    bool check_finite) {
   return GroupNormThresholdPN::apply(x, gamma, beta, proxy_beta, proxy_gamma, groups, norm_eps,
-                                     eps);
+                                     eps, check_finite);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_threshold_pn", &group_norm_threshold_pn,
-        "GroupNorm then relu Proxy Normalization as one autograd node: returns (z, c)");
+        "GroupNorm then relu Proxy Normalization as one autograd node: returns (z, c); raises "
+        "ValueError for non-finite parameters when check_finite");
 }
