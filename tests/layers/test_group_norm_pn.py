@@ -162,3 +162,17 @@ def test_non_finite_parameters_raise_and_name_the_parameter(name):
         assert not bool(torch.isfinite(layer(x)).all())
     finally:
         normlab.set_finite_checks(previous)
+
+
+def test_nan_inputs_propagate_like_torch():
+    """A NaN in x gives NaN outputs (GN spreads it over its group) and NaN gradients, as
+    torch's GroupNorm + ReLU do: nothing is silently clamped away."""
+    layer = build("gn4+pn")
+    x = torch.randn(2, 8, 3, 3, dtype=DOUBLE)
+    x[0, 0, 1, 1] = float("nan")
+    x.requires_grad_()
+    out = layer(x)
+    assert bool(out[0, :2].isnan().all())
+    assert bool(torch.isfinite(out[1]).all())
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert bool(grad[0, :2].isnan().any())

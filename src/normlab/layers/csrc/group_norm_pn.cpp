@@ -91,8 +91,23 @@ std::vector<ChannelFold> fold_all(const Tensor& gamma, const Tensor& beta, const
   return folds;
 }
 
-// grad_u = grad where out > c (else 0), and Σ grad of each (n, c) plane, in one pass through
-// memory. Eight running partial sums keep the loop vectorizable without reassociating a sum.
+// out = max(out, c) in place, plane by plane (c per channel); NaN propagates, as in torch.maximum.
+template <typename scalar_t>
+void threshold_below(scalar_t* out, const scalar_t* shift, int64_t planes, int64_t channels,
+                     int64_t plane) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(plane, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t threshold = shift[p % channels];
+      scalar_t* o = out + p * plane;
+      for (int64_t i = 0; i < plane; ++i) o[i] = o[i] < threshold ? threshold : o[i];
+    }
+  });
+}
+
+// grad_u = 0 where out <= c (else grad, as threshold_backward), and Σ grad of each (n, c) plane,
+// in one pass through memory. Eight running partial sums keep the loop vectorizable without
+// reassociating a single sum.
 template <typename scalar_t>
 void mask_and_sum(const scalar_t* grad, const scalar_t* out, const scalar_t* shift,
                   scalar_t* grad_u, double* plane_sums, int64_t planes, int64_t channels,
@@ -110,12 +125,12 @@ void mask_and_sum(const scalar_t* grad, const scalar_t* out, const scalar_t* shi
       for (int64_t i = 0; i < whole; i += kLanes) {
         for (int64_t k = 0; k < kLanes; ++k) {
           lanes[k] += g[i + k];
-          gu[i + k] = o[i + k] > threshold ? g[i + k] : scalar_t(0);
+          gu[i + k] = o[i + k] <= threshold ? scalar_t(0) : g[i + k];
         }
       }
       for (int64_t i = whole; i < plane; ++i) {
         lanes[0] += g[i];
-        gu[i] = o[i] > threshold ? g[i] : scalar_t(0);
+        gu[i] = o[i] <= threshold ? scalar_t(0) : g[i];
       }
       double total = 0.0;
       for (int64_t k = 0; k < kLanes; ++k) total += static_cast<double>(lanes[k]);
@@ -152,9 +167,11 @@ class GroupNormThresholdPN : public torch::autograd::Function<GroupNormThreshold
     const Tensor weight = folded[0], bias = folded[1], shift = folded[2];
     auto result = at::native_group_norm(x, weight, bias, batch, channels, plane, groups, norm_eps);
     Tensor out = std::get<0>(result);
-    std::vector<int64_t> view(x.dim(), 1);
-    view[1] = channels;
-    at::maximum_out(out, out, shift.view(view));
+    TORCH_CHECK(out.is_contiguous(), "native_group_norm returned a non-contiguous output");
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "normlab_threshold_below", [&] {
+      threshold_below<scalar_t>(out.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(),
+                                batch * channels, channels, plane);
+    });
     ctx->save_for_backward({x, std::get<1>(result), std::get<2>(result), weight, out, shift, gamma,
                             beta, proxy_beta, proxy_gamma});
     ctx->saved_data["sizes"] = std::vector<int64_t>{batch, channels, plane, groups};
