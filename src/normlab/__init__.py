@@ -14,6 +14,7 @@ from . import layers, models
 from ._checks import set_finite_checks
 from .convert import convert
 from .layers import activation_gain, proxy_moments
+from .layers.compiled import set_compiled_kernels
 from .scheme import Scheme, SchemeForm, scheme, schemes
 
 __version__ = "0.1.0"
@@ -29,5 +30,6 @@ __all__ = [
     "proxy_moments",
     "scheme",
     "schemes",
+    "set_compiled_kernels",
     "set_finite_checks",
 ]

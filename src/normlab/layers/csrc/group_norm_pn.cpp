@@ -47,8 +47,9 @@ ChannelFold fold_channel(double gamma, double beta, double proxy_beta, double pr
   f.s = std::max(std::abs(signed_s), DBL_MIN);
   const double mu = beta + gamma * proxy_beta;
   const double z = mu / f.s * kInvSqrt2;
-  f.cdf = 0.5 * std::erfc(-z);
-  f.upper = 0.5 * std::erfc(z);
+  const double tail = 0.5 * std::erfc(std::abs(z));  // the smaller of Φ and Q, to full precision
+  f.cdf = z < 0 ? tail : 1.0 - tail;
+  f.upper = z < 0 ? 1.0 - tail : tail;
   f.pdf = std::exp(-z * z) * kInvSqrt2Pi;
   const double s_pdf = f.s * f.pdf;
   f.mean = mu * f.cdf + s_pdf;
@@ -78,17 +79,29 @@ void fold_channel_vjp(const ChannelFold& f, double gamma, double beta, double pr
   out[3] = grad_s * gamma;
 }
 
-// The folds of all channels, from the four contiguous (C,) parameter tensors (float or double).
-std::vector<ChannelFold> fold_all(const Tensor& gamma, const Tensor& beta, const Tensor& proxy_beta,
-                                  const Tensor& proxy_gamma, double eps) {
+static_assert(sizeof(ChannelFold) == 10 * sizeof(double), "ChannelFold is ten doubles");
+
+// The folds of all channels, from the four contiguous (C,) parameter tensors (float or double),
+// as a (C, 10) double tensor that backward reuses (see folds_of).
+Tensor fold_all(const Tensor& gamma, const Tensor& beta, const Tensor& proxy_beta,
+                const Tensor& proxy_gamma, double eps) {
   const int64_t channels = gamma.numel();
-  std::vector<ChannelFold> folds(channels);
+  Tensor store = at::empty({channels, 10}, gamma.options().dtype(at::kDouble));
+  auto* folds = reinterpret_cast<ChannelFold*>(store.data_ptr<double>());
   AT_DISPATCH_FLOATING_TYPES(gamma.scalar_type(), "normlab_fold", [&] {
     const scalar_t *g = gamma.data_ptr<scalar_t>(), *b = beta.data_ptr<scalar_t>(),
                    *pb = proxy_beta.data_ptr<scalar_t>(), *pg = proxy_gamma.data_ptr<scalar_t>();
-    for (int64_t c = 0; c < channels; ++c) folds[c] = fold_channel(g[c], b[c], pb[c], pg[c], eps);
+    at::parallel_for(0, channels, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        folds[c] = fold_channel(g[c], b[c], pb[c], pg[c], eps);
+      }
+    });
   });
-  return folds;
+  return store;
+}
+
+const ChannelFold* folds_of(const Tensor& store) {
+  return reinterpret_cast<const ChannelFold*>(store.data_ptr<double>());
 }
 
 // out = max(out, c) in place, plane by plane (c per channel); NaN propagates, as in torch.maximum.
@@ -150,7 +163,8 @@ class GroupNormThresholdPN : public torch::autograd::Function<GroupNormThreshold
                   "normlab's C++ GN+PN kernel takes contiguous CPU tensors of one dtype");
     }
     const int64_t batch = x.size(0), channels = x.size(1), plane = x.numel() / (batch * channels);
-    const auto folds = fold_all(gamma, beta, proxy_beta, proxy_gamma, eps);
+    const Tensor store = fold_all(gamma, beta, proxy_beta, proxy_gamma, eps);
+    const ChannelFold* folds = folds_of(store);
     Tensor folded = at::empty({3, channels}, x.options());  // rows: weight, bias, c
     bool finite = true;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "normlab_folded", [&] {
@@ -173,9 +187,8 @@ class GroupNormThresholdPN : public torch::autograd::Function<GroupNormThreshold
                                 batch * channels, channels, plane);
     });
     ctx->save_for_backward({x, std::get<1>(result), std::get<2>(result), weight, out, shift, gamma,
-                            beta, proxy_beta, proxy_gamma});
+                            beta, proxy_beta, proxy_gamma, store});
     ctx->saved_data["sizes"] = std::vector<int64_t>{batch, channels, plane, groups};
-    ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({shift});
     return {out, shift};
   }
@@ -204,8 +217,7 @@ class GroupNormThresholdPN : public torch::autograd::Function<GroupNormThreshold
 
     const Tensor &gamma = saved[6], &beta = saved[7], &proxy_beta = saved[8],
                  &proxy_gamma = saved[9];
-    const auto folds = fold_all(gamma, beta, proxy_beta, proxy_gamma,
-                                ctx->saved_data["eps"].toDouble());
+    const ChannelFold* folds = folds_of(saved[10]);
     const Tensor grad_weight = std::get<1>(norm_grads).contiguous();
     const Tensor grad_bias = std::get<2>(norm_grads).contiguous();
     Tensor grads = at::empty({4, channels}, gamma.options());  // rows: γ, β, β̃, γ̃
