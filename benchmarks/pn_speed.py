@@ -7,7 +7,9 @@ times, per shape, one forward and backward pass (input, parameters) of, with φ 
 * ``BN+ReLU``   torch eager nn.BatchNorm2d + nn.ReLU
 * ``GN+ReLU``   torch eager nn.GroupNorm + nn.ReLU            <- the baseline of the ratios
 * ``GN+Act``    normlab scheme("gnG").norm_act(C)             (γ, β folded into GroupNorm)
-* ``GN+PN``     normlab scheme("gnG+pn").norm_act(C)          (as a user runs it by default)
+* ``GN+PN``     normlab scheme("gnG+pn").norm_act(C)          (as a user runs it by default: the
+                                                              C++ node on CPU, NORMLAB_COMPILED=0
+                                                              for the Python one)
 * ``naive PN``  eager GN, affine, φ, and the mean/var of a 200-point proxy grid per call
 
 Then, as users run them, whole zoo models (ResNet-20 on CIFAR batches of 128, ResNet-50 on
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 import normlab
 from normlab import models
 from normlab.convert import TORCH_ACTIVATIONS
+from normlab.layers import compiled
 from normlab.layers.proxy_moments import reference_quantiles
 
 CIFAR = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
@@ -208,9 +211,11 @@ def main() -> None:
     if args.quick:
         shapes = [CIFAR[0], CIFAR[2], IMAGENET[0], IMAGENET[6]]
     rounds = args.rounds or (10 if args.quick else 30)
+    node = "C++" if device.type == "cpu" and compiled.kernels() is not None else "Python"
     print(
         f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
-        f"{rounds} rounds, median fwd+bwd time, φ = {args.act}, ratios to torch's GN + φ"
+        f"{rounds} rounds, median fwd+bwd time, φ = {args.act}, ratios to torch's GN + φ; "
+        f"relu GN+PN node: {node}"
     )
     results = [(shape, measure(shape, args.act, device, rounds, warmup=3)) for shape in shapes]
     report(results, args.markdown, print)
