@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -112,6 +112,11 @@ def test_ws_conv_then_any_norm_is_invariant(name, k, geometry, seed):
     torch.manual_seed(seed)
     # bias kept: WS is invariant by itself
     conv = WSConv2d(cin, cout, kernel, padding=kernel // 2, eps=EPS).double()
+    # ε breaks the invariance by ~ε/(k²·var) of each filter's weights: exclude the rare draws
+    # (fan-in 2, two nearly equal weights) where that is not negligible; a zero variance (fan-in
+    # 1) leaves a zero filter, which is invariant
+    var = conv.weight.detach().flatten(1).var(1, correction=0)
+    assume(bool(((var == 0) | (EPS / (min(k, 1.0) ** 2 * var) < 1e-10)).all()))
     norm = randomize(ANY_NORM[name](cout), seed).double()
     x = torch.randn(N, cin, size, size, dtype=torch.float64)
     y, y_scaled = run_scaled(conv, norm, x, k)
