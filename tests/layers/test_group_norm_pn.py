@@ -4,9 +4,12 @@ as separate nodes."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import normlab
 from normlab import scheme
@@ -176,3 +179,34 @@ def test_nan_inputs_propagate_like_torch():
     assert bool(torch.isfinite(out[1]).all())
     (grad,) = torch.autograd.grad(out.sum(), x)
     assert bool(grad[0, :2].isnan().any())
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batch=st.integers(1, 3),
+    groups=st.sampled_from([1, 2, 4]),
+    per_group=st.integers(1, 3),
+    spatial=st.lists(st.integers(1, 4), min_size=0, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_any_shape_matches_the_python_node(backend, batch, groups, per_group, spatial, seed):
+    """Ranks 2 to 5, any group layout: the C++ node equals the Python node (float64)."""
+    if backend == "python":
+        pytest.skip("compares the C++ node with the Python one")
+    channels = groups * per_group
+    assume(per_group * math.prod(spatial) >= 2)  # GroupNorm needs several values per group
+    torch.manual_seed(seed)
+    layer = build(f"gn{groups}+pn", channels=channels)
+    x = torch.randn(batch, channels, *spatial, dtype=DOUBLE, requires_grad=True)
+    grad_out = torch.randn(x.shape, dtype=DOUBLE)
+    out, grads = gradients(layer, x, grad_out)
+    previous = compiled.set_compiled_kernels(False)
+    try:
+        expected, expected_grads = gradients(layer, x, grad_out)
+    finally:
+        compiled.set_compiled_kernels(previous)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
