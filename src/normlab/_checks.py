@@ -93,8 +93,3 @@ def channel_sum(t: Tensor) -> Tensor:
     """Σ over (N, *spatial) for each channel of an (N, C, *spatial) tensor; summing the batch
     first is about twice as fast on CPU as one reduction over the strided dims."""
     return t.sum(0).reshape(t.shape[1], -1).sum(1)
-
-
-def reduce_dims(ndim: int) -> list[int]:
-    """All dims of an (N, C, *spatial) tensor but the channel dim."""
-    return [0, *range(2, ndim)]
