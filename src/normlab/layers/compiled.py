@@ -25,7 +25,9 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "group_norm_pn.cpp"
-_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: ATen's parallel_for, served by torch's own runtime
+# OpenMP makes ATen's parallel_for parallel, served by the runtime torch has loaded (Linux's
+# libgomp); elsewhere the kernel builds without it and runs its loops on one thread.
+_FLAGS = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
 
 _enabled = os.environ.get("NORMLAB_COMPILED", "1") != "0"
 _module: ModuleType | None = None
