@@ -27,7 +27,8 @@ from torch import Tensor
 from .._checks import channel_sum, channel_view, first_order_only
 from .compiled import kernels
 from .gaussian import MomentRule
-from .threshold_fold import fold, fold_vjp
+from .tails import masked_grad
+from .threshold_fold import fold, fold_vjp, threshold_is_finite
 
 
 def native_layout(x: Tensor) -> Tensor:
@@ -61,9 +62,7 @@ class GroupNormThresholdPN(torch.autograd.Function):
     def backward(ctx, grad, _grad_shift):
         first_order_only("GroupNormThresholdPN")
         x, mean, rstd, weight, out, threshold, *fold_saved = ctx.saved_tensors
-        # z > c exactly where the max took u; the difference is reused as grad_u's storage
-        above = out - threshold
-        grad_u = torch.ops.aten.threshold_backward.grad_input(grad, above, 0, grad_input=above)
+        grad_u = masked_grad(grad, out, threshold)
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
             grad_u, x, mean, rstd, weight, *ctx.sizes, [ctx.needs_input_grad[0], True, True]
         )
@@ -100,7 +99,7 @@ def group_norm_threshold_pn(
             raise NonFiniteFoldError(str(error)) from None
         return out
     out, shift = GroupNormThresholdPN.apply(x, *params, groups, norm_eps, eps, rule)
-    if check_finite and not math.isfinite(shift.sum().item()):
+    if check_finite and not threshold_is_finite(shift):
         raise NonFiniteFoldError("non-finite Proxy Normalization parameters")
     return out
 

@@ -17,7 +17,6 @@ node that saves u only and recomputes φ and φ' in backward.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +29,7 @@ from .group_norm import GroupNorm
 from .group_norm_pn import NonFiniteFoldError, group_norm_threshold_pn
 from .proxy_moments import METHODS, REFERENCE_POINTS, MomentMethod, proxy_moments
 from .tails import channel_max, scale_shift_act
-from .threshold_fold import ThresholdFold
+from .threshold_fold import ThresholdFold, threshold_is_finite
 
 DEFAULT_EPS = 0.03
 
@@ -121,18 +120,22 @@ class ProxyNormAct(ActivationStep):
         cheaper), and no autocast or dtype mismatch for F.group_norm to resolve."""
         return (
             isinstance(norm, GroupNorm)
-            and self.activation.threshold_form
-            and self.activation.moment_rule is not None
-            and self.method == "exact"
+            and self._folds_into_threshold
             and torch.is_grad_enabled()
             and x.dtype == self.gamma.dtype
             and not torch.is_autocast_enabled(x.device.type)
         )
 
+    @property
+    def _folds_into_threshold(self) -> bool:
+        """relu with exact closed-form moments: the whole step is :mod:`~.threshold_fold`'s."""
+        act = self.activation
+        return act.threshold_form and act.moment_rule is not None and self.method == "exact"
+
     def _build_plan(self) -> Plan:
-        rule = self.activation.moment_rule
-        if self.activation.threshold_form and self.method == "exact" and rule is not None:
+        if self._folds_into_threshold:
             params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
+            rule = self.activation.moment_rule
             weight, bias, shift = ThresholdFold.apply(*params, self.eps, rule)
             self._check_finite(shift)
             return Plan(weight, bias, functools.partial(_shifted_max, shift=shift))
@@ -144,8 +147,8 @@ class ProxyNormAct(ActivationStep):
         return Plan(self.gamma, self.beta, tail)
 
     def _check_finite(self, shift: Tensor) -> None:
-        """c = -E·a is non-finite whenever a parameter is (one reduction, one read-back)."""
-        if finite_checks_enabled() and not math.isfinite(shift.sum().item()):
+        """Raise, naming the parameters, when checks are on and c is not finite."""
+        if finite_checks_enabled() and not threshold_is_finite(shift):
             raise self._non_finite_error()
 
     def _non_finite_error(self) -> ValueError:

@@ -19,6 +19,13 @@ from .._checks import channel_sum, channel_view, first_order_only
 from .activations import Activation
 
 
+def masked_grad(grad: Tensor, out: Tensor, threshold: Tensor) -> Tensor:
+    """grad where out = max(u, c) took u (out > c), else 0; c is a channel view. Recomputes the
+    mask with one subtraction, whose buffer then holds the result."""
+    above = out - threshold
+    return torch.ops.aten.threshold_backward.grad_input(grad, above, 0, grad_input=above)
+
+
 class _ChannelMax(torch.autograd.Function):
     """out = max(u, c_c). ``shift`` semantics: out = c + relu(u - c̄), c̄ = c held fixed."""
 
@@ -38,8 +45,7 @@ class _ChannelMax(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         first_order_only("_ChannelMax")
         out, c_view = ctx.saved_tensors
-        above = out - c_view  # > 0 exactly where the max took u; reused as grad_u's storage
-        grad_u = torch.ops.aten.threshold_backward.grad_input(grad, above, 0, grad_input=above)
+        grad_u = masked_grad(grad, out, c_view)
         grad_c = None
         if ctx.needs_input_grad[1]:
             grad_c = channel_sum(grad) if ctx.shift else channel_sum(grad - grad_u)

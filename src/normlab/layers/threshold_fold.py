@@ -16,6 +16,8 @@ whose tail returns c's whole gradient Σ grad (``channel_max(..., shift=True)``)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -64,6 +66,11 @@ def fold_vjp(
     grad_gamma.addcmul_(grad_weight, scale)
     grad_beta = torch.addcmul(grad_mu, grad_bias, scale)
     return grad_gamma, grad_beta, grad_mu * gamma, grad_s * gamma
+
+
+def threshold_is_finite(shift: Tensor) -> bool:
+    """c = -E·a is finite unless some PN parameter is not (one reduction, one read-back)."""
+    return math.isfinite(shift.sum().item())
 
 
 class ThresholdFold(torch.autograd.Function):
