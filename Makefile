@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.normlab-installed
 DEMO_ARGS ?=
+# timm for the tests, without its dependencies (its torchvision requirement would pull a torch)
+TIMM_VERSION ?= 1.0.31
 
 .PHONY: install demo test lint bench clean
 
@@ -15,6 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "torch==2.13.0"
 	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --no-deps "timm==$(TIMM_VERSION)"
 	@touch $@
 
 demo: install
