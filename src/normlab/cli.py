@@ -18,23 +18,16 @@ from . import __version__, models
 from .analyze import AnalyzeConfig, run_analyze
 from .data import SPEC_FORMS
 from .demo import ANALYSES, DemoConfig, run_demo
-from .layers import activation_gain, activation_names, get_activation, proxy_moments
+from .layers import (
+    PUBLISHED_GAINS,
+    activation_gain,
+    activation_names,
+    get_activation,
+    proxy_moments,
+)
 from .report import ReportFiles
 from .report.html import format_value
 from .scheme import EXAMPLES, scheme, schemes
-
-# Brock et al. (2021)'s published gains γ_φ, estimated by sampling (NFNets reference code).
-PUBLISHED_GAINS = {
-    "relu": 1.7139663,
-    "leaky_relu": 1.70590341091156,
-    "gelu": 1.7015043497085571,
-    "silu": 1.7881293296813965,
-    "tanh": 1.5939117670059204,
-    "sigmoid": 4.803835391998291,
-    "elu": 1.2716004848480225,
-    "softplus": 1.9203323125839233,
-    "identity": 1.0,
-}
 
 
 def _schemes_table() -> Table:

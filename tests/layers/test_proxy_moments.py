@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy import integrate, special
 
 import normlab
-from normlab.layers import activation_names, get_activation
+from normlab.layers import PUBLISHED_GAINS, activation_names, get_activation
 
 NUMPY_PHI = {
     "relu": lambda u: np.maximum(u, 0.0),
@@ -176,8 +176,6 @@ def test_activation_gains_are_exact():
 
 def test_published_gains_differ_only_by_sampling_error():
     """Brock et al.'s table was sampled: within 1e-3 relative of the exact values."""
-    from normlab.cli import PUBLISHED_GAINS
-
     for act, published in PUBLISHED_GAINS.items():
         assert normlab.activation_gain(act) == pytest.approx(published, rel=1e-3)
 

@@ -13,11 +13,12 @@ from .evonorm import EvoNormB0, EvoNormS0
 from .frn import TLU, FilterResponseNorm
 from .group_norm import GroupNorm, InstanceNorm, LayerNorm
 from .norm_act import NormAct
-from .proxy_moments import activation_gain, proxy_moments
+from .proxy_moments import PUBLISHED_GAINS, activation_gain, proxy_moments
 from .proxy_norm import ProxyNormAct
 from .weight_space import CWNConv2d, ScaledWSConv2d, WeightSpaceConv2d, WNConv2d, WSConv2d
 
 __all__ = [
+    "PUBLISHED_GAINS",
     "TLU",
     "Act",
     "Activation",

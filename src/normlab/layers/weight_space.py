@@ -14,6 +14,8 @@ and shape, so Conv2d state dicts load (the gain, where present, keeps its initia
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -54,14 +56,23 @@ class WSConv2d(WeightSpaceConv2d):
 class ScaledWSConv2d(WeightSpaceConv2d):
     r"""Scaled Weight Standardization: Ŵ_o = g_o·γ_φ·(W_o - mean W_o)/sqrt(N·var W_o + ε).
 
-    ``act`` names the activation whose gain γ_φ is folded in; ``act=None`` gives γ_φ = 1 (for
-    networks whose activations carry the gain themselves, as normlab's ``nf`` scheme).
+    ``act`` names the activation whose gain γ_φ is folded in, computed exactly; ``act=None`` gives
+    γ_φ = 1 (for networks whose activations carry the gain themselves, as normlab's ``nf``
+    scheme). ``act_gain`` sets γ_φ directly instead, e.g. to Brock et al.'s sampled value
+    ``PUBLISHED_GAINS["relu"]`` as timm's and DeepMind's NF-ResNets use.
     """
 
-    def __init__(self, *args, act: str | Activation | None = None, eps: float = 1e-5, **kwargs):
+    def __init__(
+        self,
+        *args,
+        act: str | Activation | None = None,
+        eps: float = 1e-5,
+        act_gain: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.eps = eps
-        self.act_gain = 1.0 if act is None else activation_gain(act)
+        self.act_gain = _act_gain(act, act_gain)
         self.fan_in = self.weight[0].numel()
         self.gain = self._gain_parameter()
 
@@ -93,3 +104,18 @@ class CWNConv2d(WNConv2d):
     r"""Centered Weight Normalization: Ŵ_o = g_o·(W_o - mean W_o) / ||W_o - mean W_o||."""
 
     center = True
+
+
+def _act_gain(act: str | Activation | None, act_gain: float | None) -> float:
+    """γ_φ of Scaled WS: exact for ``act``, 1 for neither, or ``act_gain`` as given."""
+    if act_gain is None:
+        return 1.0 if act is None else activation_gain(act)
+    if act is not None:
+        raise ValueError(
+            f"give either act={act!r} (γ_φ computed exactly) or act_gain={act_gain!r}, not both"
+        )
+    if isinstance(act_gain, bool) or not isinstance(act_gain, int | float):
+        raise ValueError(f"act_gain must be a positive finite number, got {act_gain!r}")
+    if not 0 < act_gain < math.inf:
+        raise ValueError(f"act_gain must be a positive finite number, got {act_gain!r}")
+    return float(act_gain)
