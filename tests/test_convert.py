@@ -17,7 +17,6 @@ import normlab
 from normlab.convert import ConversionReport
 from normlab.layers import (
     Act,
-    ActivationStep,
     BatchNorm,
     GroupNorm,
     LayerNorm,
@@ -26,6 +25,7 @@ from normlab.layers import (
     WSConv2d,
 )
 
+from .activation_calls import run_counting
 from .models.helpers import pn_input_report
 
 # -- a torchvision-style ResNet, written here ------------------------------------------------------
@@ -83,12 +83,13 @@ def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
         for m in model.modules():
             if not isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | BatchNorm):
                 continue
-            n = m.running_mean.numel()
+            n = m.num_features if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) else m.num_channels
             if m.weight is not None:
                 m.weight.copy_(0.5 + torch.rand(n, generator=generator))
                 m.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+            if m.running_mean is not None:
+                m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
     return model
 
 
@@ -457,24 +458,8 @@ UNTRACEABLE = {"crossed": CrossedOrder, "shared": SharedRelu, "mixed": Functiona
 
 
 def _activation_calls(model: nn.Module, x: torch.Tensor) -> int:
-    """Calls of activation modules and of normlab activation steps, and functional relus."""
-    calls = []
-    kinds = (nn.ReLU, nn.Tanh, nn.SiLU, nn.GELU, ActivationStep)
-    handles = [
-        m.register_forward_pre_hook(lambda *_: calls.append(1))
-        for m in model.modules()
-        if isinstance(m, kinds)
-    ]
-    relu = F.relu
     with torch.no_grad():
-        try:
-            F.relu = lambda *a, **k: calls.append(1) or relu(*a, **k)
-            model(x)
-        finally:
-            F.relu = relu
-    for handle in handles:
-        handle.remove()
-    return len(calls)
+        return run_counting(model, x)[1]
 
 
 @pytest.mark.parametrize("recorded", [False, True])
@@ -695,3 +680,146 @@ def test_random_stacks(kinds, training):
     torch.testing.assert_close(converted(x), model(x), rtol=1e-4, atol=1e-5)
     gn = normlab.convert(model, "gn4+pn")
     assert sum(isinstance(m, ProxyNormAct) for m in gn.modules()) == pairs
+
+
+# -- BatchNorms carrying their own activation, placeholders, odd BatchNorms --------------------
+
+
+class NormThenAct(nn.BatchNorm2d):
+    """A BatchNorm subclass with its own activation, under a name convert has never seen."""
+
+    def __init__(self, num_features: int, act: nn.Module) -> None:
+        super().__init__(num_features)
+        self.act = act
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class Doubled(nn.BatchNorm2d):
+    """A BatchNorm subclass computing something else (2·BN(x))."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class Unused(nn.BatchNorm2d):
+    """Holds an activation its forward (torch's) never runs: a plain BatchNorm."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.act = nn.ReLU()
+
+
+def test_batchnorm_carrying_its_activation_is_recognised_by_behaviour():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1),
+        NormThenAct(8, nn.GELU()),
+        NormThenAct(8, nn.LeakyReLU(0.2)),  # normlab's leaky_relu has slope 0.01
+        Doubled(8),
+        Unused(8),
+        nn.Identity(),
+        nn.Tanh(),
+    )
+    model = _randomize(model).eval()
+    converted = normlab.convert(model, "gn4+pn")
+    assert _entries(converted.conversion_report) == [
+        ("norm+act", "1"),
+        ("norm", "2"),
+        ("left alone", "3"),
+        ("norm+act", "4 + 6"),
+    ]
+    details = {e.path: e.detail for e in converted.conversion_report.entries}
+    assert "LeakyReLU with slope=0.2" in details["2"]
+    assert "its own LeakyReLU kept after it" in details["2"]
+    assert "computes neither BN(x)" in details["3"]
+    assert converted.get_submodule("1").act.activation.name == "gelu"
+    assert isinstance(converted.get_submodule("3"), Doubled)
+    x = torch.randn(2, 3, 4, 4)
+    back = normlab.convert(model, "bn")
+    torch.testing.assert_close(back(x), model(x), rtol=0, atol=1e-6)
+    assert _activation_calls(back, x) == _activation_calls(model, x)
+
+
+def test_identity_between_norm_and_activation_does_not_block_pairing():
+    model = nn.Sequential(
+        nn.BatchNorm2d(4), nn.Identity(), nn.Identity(), nn.ReLU(),
+        nn.BatchNorm2d(4), nn.Dropout(0.2), nn.ReLU(),
+    )  # fmt: skip
+    model = _randomize(model).eval()
+    converted = normlab.convert(model, "bn")
+    assert _entries(converted.conversion_report) == [
+        ("norm+act", "0 + 3"),
+        ("norm", "4"),
+        ("left alone", "6"),
+    ]
+    assert "its output goes to 5 (Dropout)" in converted.conversion_report.entries[1].detail
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.equal(converted(x), model(x))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_without_running_statistics_round_trip(momentum):
+    model = nn.Sequential(
+        nn.BatchNorm2d(4, track_running_stats=False, momentum=momentum),
+        nn.ReLU(),
+        nn.BatchNorm2d(4, momentum=momentum),
+    )
+    model = _randomize(model).eval()
+    converted = normlab.convert(model, "bn")
+    assert "track_running_stats=False" in converted.conversion_report.entries[0].detail
+    assert converted.get_submodule("0").norm.running_mean is None
+    x = torch.randn(3, 4, 3, 3)
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=1e-6)
+
+
+ZOO = {
+    "resnet20": {"width": 0.5},
+    "resnet18": {"width": 0.25},
+    "resnext50_32x4d": {"width": 0.25},
+    "efficientnet_b0": {"width": 0.25},
+    "cnn10": {},
+    "resnet56_post": {"width": 0.25},
+    "random_net": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_normlab_zoo_round_trip(name):
+    """convert(m, "bn") of a BatchNorm model of normlab's zoo computes the same outputs."""
+    model = _randomize(normlab.models.create(name, norm="bn", **ZOO[name])).eval()
+    x = torch.randn(2, 3, 32, 32)
+    converted = normlab.convert(model, "bn")
+    assert not converted.conversion_report.by_action("fallback")
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=1e-6)
+    assert _activation_calls(converted, x) == _activation_calls(model, x)
+
+
+class ModeDependent(nn.Module):
+    """A forward that reads self.training inline: a graph traced in one mode would compute the
+    other mode wrongly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn, self.relu = nn.BatchNorm2d(4), nn.ReLU()
+
+    def forward(self, x):
+        x = self.bn(x)
+        if self.training:
+            x = x * 0.5
+        return self.relu(x)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_reading_training_mode_is_not_traced(training):
+    model = _randomize(ModeDependent()).train(training)
+    converted = normlab.convert(model, "bn")
+    report = converted.conversion_report
+    assert report.method == "without torch.fx"
+    assert "different code in training and in evaluation mode" in report.entries[0].detail
+    assert type(converted) is ModeDependent
+    x = torch.randn(3, 4, 3, 3)
+    for mode in (True, False):
+        model.train(mode)
+        converted.train(mode)
+        torch.testing.assert_close(converted(x), model(x), rtol=0, atol=1e-6)

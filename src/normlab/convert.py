@@ -26,7 +26,9 @@ alone and the module's own drop and act are kept after it (an ``nn.Sequential(no
 act)``): an activation is never dropped. A BatchNorm subclass that computes something else is
 left alone.
 
-Models torch.fx cannot trace (data-dependent control flow). Nothing is paired by registration
+Models torch.fx cannot trace (data-dependent control flow), and models whose forward reads
+``self.training`` where normalizations are (the graphs traced in training and in evaluation mode
+differ, so one graph would compute the other mode wrongly). Nothing is paired by registration
 order. A BatchNorm is paired only with an activation proven to run right after it: inside an
 ``nn.Sequential`` (its own forward) when the activation module is the next child (``nn.Identity``
 children skipped) and neither module is registered anywhere else; or, given
@@ -103,7 +105,8 @@ class ConversionEntry:
         found: what was there, e.g. ``"BatchNorm2d(64) → ReLU"``.
         action: ``"norm+act"`` (a BatchNorm and its activation fused into the scheme's
             norm_act), ``"norm"`` (a normalization alone), ``"left alone"``, ``"conv"`` or
-            ``"fallback"`` (the model could not be traced).
+            ``"fallback"`` (the model could not be traced: its own classes are kept and only
+            proven pairs are fused).
         detail: what it became and what was carried or dropped, or why it was left alone.
     """
 
@@ -545,17 +548,43 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(root: nn.Module) -> tuple[fx.GraphModule, str]:
+    """The graph of ``root``, traced in training and in evaluation mode: a forward whose code
+    depends on ``self.training`` (a drop-block written inline) gives two different graphs, and
+    a graph of one mode would compute the other mode wrongly."""
     errors = []
+    modes = {name: m.training for name, m in root.named_modules()}
     for opaque in (False, True):
         tracer = _Tracer(opaque)
         try:
-            graph = tracer.trace(root)
+            graph = _trace_in_both_modes(tracer, root)
         except Exception as error:  # any failure to trace sends us to the fallback
-            errors.append(f"{type(error).__name__}: {error}")
+            mode = isinstance(error, _ModeDependentError)
+            errors.append(str(error) if mode else f"{type(error).__name__}: {error}")
             continue
+        finally:
+            for name, m in root.named_modules():
+                m.training = modes[name]
         method = "torch.fx" + (" (modules without normalization traced as leaves)" * opaque)
         return fx.GraphModule(tracer.root, graph, type(root).__name__), method
     raise _UntraceableError(errors[-1].splitlines()[0])
+
+
+def _trace_in_both_modes(tracer: fx.Tracer, root: nn.Module) -> fx.Graph:
+    graphs = []
+    for training in (True, False):
+        root.train(training)
+        graphs.append(tracer.trace(root))
+    train, evaluation = (g.python_code("self").src for g in graphs)
+    if train != evaluation:
+        raise _ModeDependentError(
+            "its forward runs different code in training and in evaluation mode (it reads "
+            "self.training), so one traced graph cannot compute both"
+        )
+    return graphs[1]
+
+
+class _ModeDependentError(Exception):
+    pass
 
 
 class _UntraceableError(Exception):
