@@ -150,6 +150,23 @@ class ConversionReport:
 # -- what is a normalization, what is an activation ---------------------------------------------
 
 
+_OTHER_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_OTHER_NORMS += (nn.modules.instancenorm._InstanceNorm,)
+
+
+def _other_norm(module: nn.Module) -> bool:
+    """A normalization convert does not change (torch's GroupNorm, LayerNorm, InstanceNorm, a
+    model zoo's frozen BatchNorm, ...): reported as left alone."""
+    if _norm_kind(module) is not None or isinstance(module, TORCH_BATCH_NORMS):
+        return False
+    if not isinstance(module, _OTHER_NORMS) and "Norm" not in type(module).__name__:
+        return False
+    return not any(_norm_kind(sub) is not None for sub in module.modules())
+
+
+_OTHER_NORM_DETAIL = "convert changes BatchNorms and normlab's normalization layers only"
+
+
 def _norm_kind(module: nn.Module) -> str | None:
     """ "norm" for a normalization alone, "unit" for a normlab normalization-activation (a
     NormAct, an EvoNorm with its nonlinearity), "fused" for a BatchNorm carrying its own
@@ -540,7 +557,7 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         leaves = (*TORCH_BATCH_NORMS, ActivationStep, WeightSpaceConv2d, torch.jit.ScriptModule)
-        if _norm_kind(m) is not None or isinstance(m, leaves):
+        if _norm_kind(m) is not None or isinstance(m, leaves) or _other_norm(m):
             return True
         if super().is_leaf_module(m, module_qualified_name):
             return True
@@ -675,6 +692,11 @@ def _convert_graph(gm: fx.GraphModule, converter: _Converter) -> fx.GraphModule:
             replaced.add(node.target)
             why = batch_norm_form(module).why
             converter.report.add(node.target, _describe_module(module), LEFT_ALONE, why)
+            continue
+        if module is not None and _other_norm(module) and node.target not in replaced:
+            replaced.add(node.target)
+            label = type(module).__name__
+            converter.report.add(node.target, label, LEFT_ALONE, _OTHER_NORM_DETAIL)
             continue
         act = _node_activation(node, modules)
         if act is not None:
@@ -848,6 +870,8 @@ def _convert_untraced(
             report.add(path, _describe_module(module), LEFT_ALONE, why)
         elif isinstance(module, torch.jit.ScriptModule):
             report.add(path, "ScriptModule", LEFT_ALONE, _SCRIPTED_CHILD)
+        elif _other_norm(module):
+            report.add(path, type(module).__name__, LEFT_ALONE, _OTHER_NORM_DETAIL)
         elif path in fused:
             plan.append((path, nn.Identity()))
         elif _module_activation(module) is not None:
@@ -863,7 +887,7 @@ def _convert_untraced(
 def _is_opaque(module: nn.Module) -> bool:
     """Whether convert looks no further inside ``module``."""
     units = (NormAct, Normalization, ActivationStep, torch.jit.ScriptModule, *TORCH_BATCH_NORMS)
-    return isinstance(module, units)
+    return isinstance(module, units) or _other_norm(module)
 
 
 def _fallback_detail(error: str, recording: Recording | None, unproven: int) -> str:
