@@ -801,8 +801,8 @@ class _Untraced:
         if not isinstance(parent, nn.Sequential) or type(parent).forward is not SEQUENTIAL_FORWARD:
             parent_is = f"its parent {where}" if parent_path else "the model"
             return "", (
-                f"torch.fx cannot trace the model, and {parent_is} is not an nn.Sequential, "
-                f"so nothing shows what runs after it"
+                f"there is no traced graph of the model, and {parent_is} is not an "
+                f"nn.Sequential, so nothing shows what runs after it"
             )
         if self.registrations[id(parent.get_submodule(name))] > 1:
             return "", "the module is registered at several places"
