@@ -823,3 +823,33 @@ def test_forward_reading_training_mode_is_not_traced(training):
         model.train(mode)
         converted.train(mode)
         torch.testing.assert_close(converted(x), model(x), rtol=0, atol=1e-6)
+
+
+class HeadDropout(nn.Module):
+    """timm's classifier heads: F.dropout(x, p, training=self.training) in a traced forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn, self.relu, self.fc = nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(F.dropout(self.relu(self.bn(x)), 0.5, training=self.training))
+
+
+def test_training_flag_argument_follows_the_mode():
+    model = _randomize(HeadDropout()).train()
+    converted = normlab.convert(model, "bn")
+    assert converted.conversion_report.method == "torch.fx"
+    assert _entries(converted.conversion_report) == [("norm+act", "bn + relu")]
+    x = torch.randn(8, 16)
+    for mode in (True, False):
+        model.train(mode)
+        converted.train(mode)
+        torch.manual_seed(0)
+        expected = model(x)
+        torch.manual_seed(0)
+        torch.testing.assert_close(converted(x), expected, rtol=0, atol=1e-6)
+    converted.train()
+    assert not torch.equal(converted(x), converted(x))  # dropout in training
+    converted.eval()
+    assert torch.equal(converted(x), converted(x))

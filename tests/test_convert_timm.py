@@ -57,9 +57,11 @@ def _randomize(model: nn.Module) -> nn.Module:
 # name -> the PN scheme whose group count divides every channel count of the model
 ARCHITECTURES = {
     "resnet18d": "gn8+pn",  # ResNet-D: deep stem, avg-pool downsample, drop_block Identity
+    "resnet50": "gn8+pn",  # ResNet: 33 BN → ReLU pairs, drop_block Identity in each block
     "efficientnet_b0": "gn8+pn",  # EfficientNet: BatchNormAct2d with SiLU
     "tf_efficientnet_lite0": "gn8+pn",  # BatchNormAct2d with ReLU6 (no normlab step)
     "mobilenetv3_small_100": "gn8+pn",  # MobileNetV3: Hardswish (no normlab step) and ReLU
+    "mobilenetv3_large_100": "gn8+pn",
     "regnety_002": "gn8+pn",  # RegNet-Y: group convs, SE
     "densenet121": "gn8+pn",  # DenseNet: every BatchNorm a BatchNormAct2d
     "cs3darknet_s": "gn8+pn",  # CSP-Darknet (cross-stage partial)
@@ -68,16 +70,14 @@ ARCHITECTURES = {
     "ghostnet_100": "gn4+pn",  # GhostNet: cheap ghost features (12-channel halves)
     "ese_vovnet19b_slim_dw": "gn8+pn",  # VoVNet: one-shot aggregation, ConvNormAct
     "dpn68": "gn2+pn",  # DPN: dual paths, BatchNormAct2d before each conv
+    "hrnet_w18_small": "gn8+pn",  # HRNet: parallel resolutions, fuse layers
+    "mixnet_s": "gn4+pn",  # MixNet: mixed kernel sizes, ReLU and SiLU
 }
 SLOW_ARCHITECTURES = {
-    "resnet50": "gn8+pn",
-    "mobilenetv3_large_100": "gn8+pn",
     "cspresnet50": "gn8+pn",
     "dla34": "gn8+pn",
-    "mixnet_s": "gn4+pn",
-    "hrnet_w18_small": "gn8+pn",
     "selecsls42b": "gn8+pn",
-    "rexnet_100": "gn2+pn",
+    "rexnet_100": "ln+pn",  # 27-channel stages: no group count but 1 (and 3, 9, 27) fits all
     "resnext26ts": "gn8+pn",
     "regnetx_002": "gn8+pn",
 }

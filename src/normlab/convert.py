@@ -15,7 +15,12 @@ LeakyReLU, Softplus with the arguments normlab's φ has), their functional forms
 ``torch.relu``, ``x.relu()``, ...) and normlab's activation steps. The result is then a
 :class:`torch.fx.GraphModule` with the original's module hierarchy (state-dict keys are kept for
 every module that was not replaced). Modules that contain no normalization are traced as single
-calls when tracing through them fails.
+calls when tracing through them fails. The model is traced in training and in evaluation mode:
+an argument that is ``self.training`` (``F.dropout(x, p, training=self.training)``) reads the
+module's flag in the result, and any other difference between the two graphs (``if
+self.training:``) sends the model to the path for models torch.fx cannot trace. Other
+normalizations (torch's GroupNorm, LayerNorm, InstanceNorm, frozen BatchNorms, timm's
+GroupNormAct, ...) are left alone and reported.
 
 Fused normalization-activation modules. A BatchNorm subclass carrying its own activation, such
 as timm's ``BatchNormAct2d`` (act(drop(BN(x)))), is recognised by what it computes
@@ -42,10 +47,11 @@ the eager model, then script it); scripted submodules are left alone.
 What is carried over. The BatchNorm's affine (γ, β) goes to the target's affine: the activation
 step's ``gamma``/``beta`` in a fused pair, the normalizer's ``weight``/``bias`` otherwise. An
 activation step's own affine composes with it. Running statistics, eps and momentum go to a
-target that keeps running statistics (``bn``, ``vn``); PN's ``proxy_beta``/``proxy_gamma`` and
-TLU's ``tau`` go to a target that has them. Whatever the target cannot hold is listed as
-dropped in the report. Converting to ``norm="bn"`` is the reverse: normlab's layers (NormAct,
-GroupNorm, ...) become BatchNorm with their affine carried; a BatchNorm model converted to
+target that keeps running statistics (``bn``, ``vn``), and a BatchNorm without running
+statistics (``track_running_stats=False``) gives one without them; PN's ``proxy_beta``,
+``proxy_gamma`` and TLU's ``tau`` go to a target that has them. Whatever the target cannot hold
+is listed as dropped in the report. Converting to ``norm="bn"`` is the reverse: normlab's layers
+(NormAct, GroupNorm, ...) become BatchNorm with their affine carried; a BatchNorm model converted to
 ``"bn"`` computes the same outputs. ``sync_batchnorm=True`` (with ``norm="bn"``) makes every
 normalization a :class:`torch.nn.SyncBatchNorm` for distributed training and leaves the
 activations as they are.
@@ -591,13 +597,45 @@ def _trace_in_both_modes(tracer: fx.Tracer, root: nn.Module) -> fx.Graph:
     for training in (True, False):
         root.train(training)
         graphs.append(tracer.trace(root))
-    train, evaluation = (g.python_code("self").src for g in graphs)
-    if train != evaluation:
-        raise _ModeDependentError(
-            "its forward runs different code in training and in evaluation mode (it reads "
-            "self.training), so one traced graph cannot compute both"
-        )
-    return graphs[1]
+    return _mode_graph(*graphs)
+
+
+def _mode_graph(train: fx.Graph, evaluation: fx.Graph) -> fx.Graph:
+    """One graph for both modes: the evaluation graph, where each argument that is True in the
+    training graph and False in it (``F.dropout(x, p, training=self.training)``) reads the
+    calling module's ``training`` flag instead. Any other difference (``if self.training:``)
+    raises :class:`_ModeDependentError`."""
+    if len(train.nodes) != len(evaluation.nodes):
+        raise _ModeDependentError(_MODE_DEPENDENT)
+    twin: dict[fx.Node, fx.Node] = {}
+    for a, b in zip(train.nodes, evaluation.nodes, strict=True):
+        if (a.op, a.target) != (b.op, b.target):
+            raise _ModeDependentError(_MODE_DEPENDENT)
+        twin[a] = b
+        args, kwargs = fx.map_arg(a.args, twin.get), fx.map_arg(a.kwargs, twin.get)
+        if len(args) != len(b.args) or kwargs.keys() != b.kwargs.keys():
+            raise _ModeDependentError(_MODE_DEPENDENT)
+        if args != b.args:
+            b.args = tuple(_mode_flag(x, y, b) for x, y in zip(args, b.args, strict=True))
+        if kwargs != b.kwargs:
+            b.kwargs = {key: _mode_flag(kwargs[key], y, b) for key, y in b.kwargs.items()}
+    return evaluation
+
+
+def _mode_flag(in_training: Any, in_evaluation: Any, node: fx.Node) -> Any:
+    if type(in_training) is type(in_evaluation) and in_training == in_evaluation:
+        return in_evaluation
+    if in_training is True and in_evaluation is False:
+        owner = _owner(node)
+        with node.graph.inserting_before(node):
+            return node.graph.get_attr(f"{owner}.training" if owner else "training")
+    raise _ModeDependentError(_MODE_DEPENDENT)
+
+
+_MODE_DEPENDENT = (
+    "its forward runs different code in training and in evaluation mode (it reads "
+    "self.training), so one traced graph cannot compute both"
+)
 
 
 class _ModeDependentError(Exception):
