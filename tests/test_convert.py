@@ -853,3 +853,36 @@ def test_training_flag_argument_follows_the_mode():
     assert not torch.equal(converted(x), converted(x))  # dropout in training
     converted.eval()
     assert torch.equal(converted(x), converted(x))
+
+
+class Untraceable(nn.Module):
+    """Wraps a stack in a data-dependent branch torch.fx cannot trace."""
+
+    def __init__(self, stack: nn.Sequential) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, x):
+        if x.sum() > 1e9:
+            return x
+        return self.stack(x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(sorted(LAYERS)), min_size=1, max_size=8),
+    recorded=st.booleans(),
+)
+def test_random_untraceable_stacks(kinds, recorded):
+    """Without a graph, a stack pairs exactly what the traced stack pairs (inside a Sequential,
+    or by a recorded run), and converting to bn keeps outputs and activation calls."""
+    model = _randomize(Untraceable(nn.Sequential(*(LAYERS[k]() for k in kinds)))).eval()
+    x = torch.randn(3, 8, 4, 4)
+    pairs = sum(a == "bn" and b in FUSABLE for a, b in itertools.pairwise(kinds))
+    converted = normlab.convert(model, "bn", example_inputs=(x,) if recorded else None)
+    counts = converted.conversion_report.counts
+    assert counts["fallback"] == 1
+    assert counts.get("norm+act", 0) == pairs
+    assert counts.get("norm", 0) == kinds.count("bn") - pairs
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=1e-6)
+    assert _activation_calls(converted, x) == _activation_calls(model, x)
