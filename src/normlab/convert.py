@@ -76,10 +76,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ._convert_activations import FoundActivation, module_activation, node_activation
 from ._fused_norms import TORCH_BATCH_NORMS, batch_norm_form, forget_forms, is_identity
+from ._fx_modes import ModeDependentError, mode_graph, owner
 from ._run_record import Recording, record_run
 from .layers import (
     ActivationStep,
@@ -208,128 +209,6 @@ def _describe_module(module: nn.Module) -> str:
     return type(module).__name__
 
 
-@dataclass(frozen=True)
-class _Activation:
-    """An activation found in the model: its normlab φ name (None where normlab has none),
-    how to name it, and the normlab activation step it is, if it is one."""
-
-    name: str | None
-    label: str
-    step: ActivationStep | None = None
-    why: str = ""
-
-
-_MODULE_ACTIVATIONS: tuple[tuple[type[nn.Module], str, Callable[[Any], str]], ...] = (
-    (nn.ReLU, "relu", lambda m: ""),
-    (nn.SiLU, "silu", lambda m: ""),
-    (nn.Tanh, "tanh", lambda m: ""),
-    (nn.Sigmoid, "sigmoid", lambda m: ""),
-    (nn.GELU, "gelu", lambda m: "" if m.approximate == "none" else "approximate GELU"),
-    (nn.ELU, "elu", lambda m: "" if m.alpha == 1.0 else f"alpha={m.alpha}"),
-    (
-        nn.LeakyReLU,
-        "leaky_relu",
-        lambda m: "" if m.negative_slope == LEAKY_RELU_SLOPE else f"slope={m.negative_slope}",
-    ),
-    (nn.Softplus, "softplus", lambda m: "" if m.beta == 1 else f"beta={m.beta}"),
-)
-_OTHER_ACTIVATION_MODULES = (
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Mish,
-    nn.PReLU,
-    nn.RReLU,
-    nn.SELU,
-    nn.CELU,
-    nn.LogSigmoid,
-    nn.Softsign,
-    nn.Tanhshrink,
-)
-
-# φ name and the extra parameters (name, required value or None for any) of functional forms.
-_FUNCTIONS: dict[Callable, tuple[str, str, tuple[tuple[str, Any], ...]]] = {}
-for _fn, _label, _name, _params in (
-    (F.relu, "F.relu", "relu", (("inplace", None),)),
-    (F.relu_, "F.relu_", "relu", ()),
-    (torch.relu, "torch.relu", "relu", ()),
-    (torch.relu_, "torch.relu_", "relu", ()),
-    (F.silu, "F.silu", "silu", (("inplace", None),)),
-    (F.gelu, "F.gelu", "gelu", (("approximate", "none"),)),
-    (F.tanh, "F.tanh", "tanh", ()),
-    (torch.tanh, "torch.tanh", "tanh", ()),
-    (F.sigmoid, "F.sigmoid", "sigmoid", ()),
-    (torch.sigmoid, "torch.sigmoid", "sigmoid", ()),
-    (F.elu, "F.elu", "elu", (("alpha", 1.0), ("inplace", None))),
-    (F.leaky_relu, "F.leaky_relu", "leaky_relu", (("negative_slope", 0.01), ("inplace", None))),
-    (F.softplus, "F.softplus", "softplus", (("beta", 1.0), ("threshold", None))),
-):
-    _FUNCTIONS.setdefault(_fn, (_label, _name, _params))
-_OTHER_FUNCTIONS = {
-    F.relu6: "F.relu6",
-    F.hardtanh: "F.hardtanh",
-    F.hardswish: "F.hardswish",
-    F.hardsigmoid: "F.hardsigmoid",
-    F.mish: "F.mish",
-    F.selu: "F.selu",
-    F.celu: "F.celu",
-    F.prelu: "F.prelu",
-    F.logsigmoid: "F.logsigmoid",
-}
-_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
-_METHODS |= {"tanh": "tanh", "tanh_": "tanh"}
-
-
-def _module_activation(module: nn.Module) -> _Activation | None:
-    """The activation a module is, or None if it is not one."""
-    if isinstance(module, ActivationStep):
-        return _Activation(module.activation.name, type(module).__name__, module)
-    for kind, name, unsupported in _MODULE_ACTIVATIONS:
-        if isinstance(module, kind):
-            why = unsupported(module)
-            label = type(module).__name__
-            return _Activation(None if why else name, label, why=why and f"{label} with {why}")
-    if isinstance(module, _OTHER_ACTIVATION_MODULES):
-        label = type(module).__name__
-        return _Activation(None, label, why=f"normlab has no activation step for {label}")
-    return None
-
-
-def _function_activation(node: fx.Node) -> _Activation | None:
-    if node.target in _OTHER_FUNCTIONS:
-        label = _OTHER_FUNCTIONS[node.target]
-        return _Activation(None, label, why=f"normlab has no activation step for {label}")
-    if node.target not in _FUNCTIONS:
-        return None
-    label, name, params = _FUNCTIONS[node.target]
-    given = dict(zip((p for p, _ in params), node.args[1:], strict=False))
-    if len(node.args) - 1 > len(params):
-        return _Activation(None, label, why=f"{label} called with unexpected arguments")
-    given.update(node.kwargs)
-    required = dict(params)
-    for key, value in given.items():
-        if key not in required or isinstance(value, fx.Node):
-            return _Activation(None, label, why=f"{label} called with {key}={value}")
-        if required[key] is not None and value != required[key]:
-            return _Activation(None, label, why=f"{label} with {key}={value!r}")
-    return _Activation(name, label)
-
-
-def _node_activation(node: fx.Node, modules: dict[str, nn.Module]) -> _Activation | None:
-    """The activation a graph node applies to its first argument, or None."""
-    if node.op == "call_module":
-        return _module_activation(modules[node.target])
-    if node.op == "call_function":
-        return _function_activation(node)
-    if node.op == "call_method" and node.target in _METHODS:
-        label = f".{node.target}()"
-        if len(node.args) > 1 or node.kwargs:
-            return _Activation(None, label, why=f"{label} called with arguments")
-        return _Activation(_METHODS[node.target], label)
-    return None
-
-
 # -- building targets and carrying values --------------------------------------------------------
 
 
@@ -345,7 +224,7 @@ class _State:
     untracked: bool = False  # a batch-statistics normalizer without running statistics
 
 
-def _source_state(module: nn.Module, act: _Activation | None) -> _State:
+def _source_state(module: nn.Module, act: FoundActivation | None) -> _State:
     state = _State()
     normalizer, step = module, act.step if act is not None else None
     if isinstance(module, NormAct):
@@ -472,7 +351,7 @@ class _Converter:
         except ValueError as error:
             raise ValueError(f"cannot convert {path}: {error}") from error
 
-    def target(self, path: str, source: nn.Module, act: _Activation | None) -> nn.Module:
+    def target(self, path: str, source: nn.Module, act: FoundActivation | None) -> nn.Module:
         """The module replacing ``source`` (and ``act``, when given) under the scheme."""
         C, s = _channels(source), self.scheme
         unit = _norm_kind(source) == "unit"
@@ -494,7 +373,7 @@ class _Converter:
         self,
         path: str,
         source: nn.Module,
-        act: _Activation | None = None,
+        act: FoundActivation | None = None,
         act_path: str = "",
         note: str = "",
         keep: dict[str, nn.Module] | None = None,
@@ -527,7 +406,7 @@ class _Converter:
         with that activation's φ, or the normalization alone followed by the module's own drop
         and act where they cannot be fused (the activation is never dropped)."""
         form = batch_norm_form(source)
-        act = _module_activation(form.act) if form.act is not None else None
+        act = module_activation(form.act) if form.act is not None else None
         if form.drop is None and act is not None and act.name is not None and not self.sync:
             return self.replace(path, source, act)
         keep = {name: m for name, m in (("drop", form.drop), ("act", form.act)) if m is not None}
@@ -581,7 +460,7 @@ def _trace(root: nn.Module) -> tuple[fx.GraphModule, str]:
         try:
             graph = _trace_in_both_modes(tracer, root)
         except Exception as error:  # any failure to trace sends us to the fallback
-            mode = isinstance(error, _ModeDependentError)
+            mode = isinstance(error, ModeDependentError)
             errors.append(str(error) if mode else f"{type(error).__name__}: {error}")
             continue
         finally:
@@ -597,65 +476,18 @@ def _trace_in_both_modes(tracer: fx.Tracer, root: nn.Module) -> fx.Graph:
     for training in (True, False):
         root.train(training)
         graphs.append(tracer.trace(root))
-    return _mode_graph(*graphs)
-
-
-def _mode_graph(train: fx.Graph, evaluation: fx.Graph) -> fx.Graph:
-    """One graph for both modes: the evaluation graph, where each argument that is True in the
-    training graph and False in it (``F.dropout(x, p, training=self.training)``) reads the
-    calling module's ``training`` flag instead. Any other difference (``if self.training:``)
-    raises :class:`_ModeDependentError`."""
-    if len(train.nodes) != len(evaluation.nodes):
-        raise _ModeDependentError(_MODE_DEPENDENT)
-    twin: dict[fx.Node, fx.Node] = {}
-    for a, b in zip(train.nodes, evaluation.nodes, strict=True):
-        if (a.op, a.target) != (b.op, b.target):
-            raise _ModeDependentError(_MODE_DEPENDENT)
-        twin[a] = b
-        args, kwargs = fx.map_arg(a.args, twin.get), fx.map_arg(a.kwargs, twin.get)
-        if len(args) != len(b.args) or kwargs.keys() != b.kwargs.keys():
-            raise _ModeDependentError(_MODE_DEPENDENT)
-        if args != b.args:
-            b.args = tuple(_mode_flag(x, y, b) for x, y in zip(args, b.args, strict=True))
-        if kwargs != b.kwargs:
-            b.kwargs = {key: _mode_flag(kwargs[key], y, b) for key, y in b.kwargs.items()}
-    return evaluation
-
-
-def _mode_flag(in_training: Any, in_evaluation: Any, node: fx.Node) -> Any:
-    if type(in_training) is type(in_evaluation) and in_training == in_evaluation:
-        return in_evaluation
-    if in_training is True and in_evaluation is False:
-        owner = _owner(node)
-        with node.graph.inserting_before(node):
-            return node.graph.get_attr(f"{owner}.training" if owner else "training")
-    raise _ModeDependentError(_MODE_DEPENDENT)
-
-
-_MODE_DEPENDENT = (
-    "its forward runs different code in training and in evaluation mode (it reads "
-    "self.training), so one traced graph cannot compute both"
-)
-
-
-class _ModeDependentError(Exception):
-    pass
+    return mode_graph(*graphs)
 
 
 class _UntraceableError(Exception):
     pass
 
 
-def _owner(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack), "") if stack else ""
-
-
 def _node_path(node: fx.Node, label: str) -> str:
     if node.op == "call_module":
         return str(node.target)
-    owner = _owner(node)
-    return f"{owner}:{label}" if owner else label
+    path = owner(node)
+    return f"{path}:{label}" if path else label
 
 
 def _describe_node(node: Any, modules: dict[str, nn.Module]) -> str:
@@ -680,7 +512,7 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def _follower(
     node: fx.Node, modules: dict[str, nn.Module]
-) -> tuple[fx.Node | None, _Activation | None, str]:
+) -> tuple[fx.Node | None, FoundActivation | None, str]:
     """The activation node that alone consumes ``node``'s output (through ``nn.Identity``
     calls), or why there is none."""
     while True:
@@ -694,7 +526,7 @@ def _follower(
         if not (_is_identity_node(user, modules) and user.args[0] is node):
             break
         node = user
-    act = _node_activation(user, modules)
+    act = node_activation(user, modules)
     if act is None or not user.args or user.args[0] is not node:
         return (
             None,
@@ -736,7 +568,7 @@ def _convert_graph(gm: fx.GraphModule, converter: _Converter) -> fx.GraphModule:
             label = type(module).__name__
             converter.report.add(node.target, label, LEFT_ALONE, _OTHER_NORM_DETAIL)
             continue
-        act = _node_activation(node, modules)
+        act = node_activation(node, modules)
         if act is not None:
             why = _lone_reason(node, modules, alone, converter.sync)
             converter.report.add(_node_path(node, act.label), act.label, LEFT_ALONE, why)
@@ -851,7 +683,7 @@ class _Untraced:
             return "", f"it is the last module of {where}"
         child, module = following
         act_path = f"{parent_path}.{child}" if parent_path else child
-        if _module_activation(module) is None:
+        if module_activation(module) is None:
             return "", f"the module after it in {where} is {child} ({type(module).__name__})"
         if self.registrations[id(module)] > 1:
             return "", f"the activation {act_path} is registered at several places"
@@ -872,15 +704,15 @@ def _convert_untraced(
     norms = [p for p, m in inner if _norm_kind(m) == "norm"]
     recording = None
     if example_inputs is not None and not converter.sync:
-        is_act = lambda m: _module_activation(m) is not None  # noqa: E731
+        is_act = lambda m: module_activation(m) is not None  # noqa: E731
         recording = record_run(root, example_inputs, norms, is_act)
     known = _Untraced(root, recording)
-    pairs: dict[str, tuple[str, _Activation]] = {}  # norm path -> its activation
+    pairs: dict[str, tuple[str, FoundActivation]] = {}  # norm path -> its activation
     notes: dict[str, str] = {}  # norm path -> why converted alone
     lone: dict[str, str] = {}  # activation path -> why left alone
     for path in norms:
         act_path, notes[path] = ("", "") if converter.sync else known.follower(path)
-        act = _module_activation(root.get_submodule(act_path)) if act_path else None
+        act = module_activation(root.get_submodule(act_path)) if act_path else None
         if act is not None and act.name is None:
             notes[path] = f"{act.why}; the activation is left alone"
             lone[act_path] = f"its input comes from {path}, converted alone: {notes[path]}"
@@ -912,11 +744,11 @@ def _convert_untraced(
             report.add(path, type(module).__name__, LEFT_ALONE, _OTHER_NORM_DETAIL)
         elif path in fused:
             plan.append((path, nn.Identity()))
-        elif _module_activation(module) is not None:
+        elif module_activation(module) is not None:
             why = lone.get(path, "no normalization is proven to run right before it")
             if converter.sync and not lone.get(path):
                 why = "sync_batchnorm=True converts normalizations only"
-            report.add(path, _module_activation(module).label, LEFT_ALONE, why)
+            report.add(path, module_activation(module).label, LEFT_ALONE, why)
     for path, module in plan:
         _set_module(root, path, module)
     return root
