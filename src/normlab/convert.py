@@ -8,26 +8,50 @@ activation is proxy-normalized). The input model is never modified.
 
 What "directly follows" means. The model is traced with :mod:`torch.fx`: a BatchNorm and an
 activation are paired when the activation's input is the BatchNorm's output and nothing else uses
-that output. Activations are torch's modules (ReLU, GELU, SiLU, Tanh, Sigmoid, ELU, LeakyReLU,
-Softplus with the arguments normlab's φ has), their functional forms (``F.relu``,
+that output; ``nn.Identity`` modules between them (timm's disabled drop-block and similar
+placeholders) do not count, anything else (a dropout, a drop-block, an addition) keeps them apart
+and the report says what. Activations are torch's modules (ReLU, GELU, SiLU, Tanh, Sigmoid, ELU,
+LeakyReLU, Softplus with the arguments normlab's φ has), their functional forms (``F.relu``,
 ``torch.relu``, ``x.relu()``, ...) and normlab's activation steps. The result is then a
 :class:`torch.fx.GraphModule` with the original's module hierarchy (state-dict keys are kept for
 every module that was not replaced). Modules that contain no normalization are traced as single
-calls when tracing through them fails. When the model cannot be traced at all (data-dependent
-control flow), the fallback pairs each BatchNorm with the activation *module registered right
-after it in the same parent* (the order of ``named_children``), replaces the activation by
-``nn.Identity`` and keeps the model's own classes. This assumes that registration order is call
-order and that the activation module is called nowhere else, which holds for ``nn.Sequential``
-but not for every hand-written block (torchvision's BasicBlock calls one ``relu`` twice); it
-cannot see functional activations. The report says when the fallback was used.
+calls when tracing through them fails. The model is traced in training and in evaluation mode:
+an argument that is ``self.training`` (``F.dropout(x, p, training=self.training)``) reads the
+module's flag in the result, and any other difference between the two graphs (``if
+self.training:``) sends the model to the path for models torch.fx cannot trace. Other
+normalizations (torch's GroupNorm, LayerNorm, InstanceNorm, frozen BatchNorms, timm's
+GroupNormAct, ...) are left alone and reported.
+
+Fused normalization-activation modules. A BatchNorm subclass carrying its own activation, such
+as timm's ``BatchNormAct2d`` (act(drop(BN(x)))), is recognised by what it computes
+(:mod:`normlab._fused_norms`), not by its name, and is a pair by itself: it becomes the scheme's
+norm_act with its activation's φ. Where φ has no normlab activation step (Hardswish, ReLU6,
+approximate GELU, ...), or a drop layer sits between BN and act, the normalization is converted
+alone and the module's own drop and act are kept after it (an ``nn.Sequential(norm, [drop,]
+act)``): an activation is never dropped. A BatchNorm subclass that computes something else is
+left alone.
+
+Models torch.fx cannot trace (data-dependent control flow), and models whose forward reads
+``self.training`` where normalizations are (the graphs traced in training and in evaluation mode
+differ, so one graph would compute the other mode wrongly). Nothing is paired by registration
+order. A BatchNorm is paired only with an activation proven to run right after it: inside an
+``nn.Sequential`` (its own forward) when the activation module is the next child (``nn.Identity``
+children skipped) and neither module is registered anywhere else; or, given
+``example_inputs``, when a run of the model on them (:mod:`normlab._run_record`) shows its output
+going to that activation module alone, each called once. The activation module is then replaced by
+``nn.Identity`` and the model's own classes are kept. Every other normalization is converted
+alone, so the outputs are those of the converted normalizations; the report says how to pair
+them (pass ``example_inputs``). A :class:`torch.jit.ScriptModule` cannot be converted (convert
+the eager model, then script it); scripted submodules are left alone.
 
 What is carried over. The BatchNorm's affine (γ, β) goes to the target's affine: the activation
 step's ``gamma``/``beta`` in a fused pair, the normalizer's ``weight``/``bias`` otherwise. An
 activation step's own affine composes with it. Running statistics, eps and momentum go to a
-target that keeps running statistics (``bn``, ``vn``); PN's ``proxy_beta``/``proxy_gamma`` and
-TLU's ``tau`` go to a target that has them. Whatever the target cannot hold is listed as
-dropped in the report. Converting to ``norm="bn"`` is the reverse: normlab's layers (NormAct,
-GroupNorm, ...) become BatchNorm with their affine carried; a BatchNorm model converted to
+target that keeps running statistics (``bn``, ``vn``), and a BatchNorm without running
+statistics (``track_running_stats=False``) gives one without them; PN's ``proxy_beta``,
+``proxy_gamma`` and TLU's ``tau`` go to a target that has them. Whatever the target cannot hold
+is listed as dropped in the report. Converting to ``norm="bn"`` is the reverse: normlab's layers
+(NormAct, GroupNorm, ...) become BatchNorm with their affine carried; a BatchNorm model converted to
 ``"bn"`` computes the same outputs. ``sync_batchnorm=True`` (with ``norm="bn"``) makes every
 normalization a :class:`torch.nn.SyncBatchNorm` for distributed training and leaves the
 activations as they are.
@@ -39,7 +63,7 @@ effective weight, which computes the same output.
 
 The report (:class:`ConversionReport`) is attached to the returned module as
 ``conversion_report`` and logged at INFO level on the ``normlab.convert`` logger (WARNING when
-the fallback is used).
+the model could not be traced).
 """
 
 from __future__ import annotations
@@ -52,11 +76,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ._convert_activations import FoundActivation, module_activation, node_activation
+from ._fused_norms import TORCH_BATCH_NORMS, batch_norm_form, forget_forms, is_identity
+from ._fx_modes import ModeDependentError, mode_graph, owner
+from ._run_record import Recording, record_run
 from .layers import (
     ActivationStep,
+    BatchDependentNorm,
     NormAct,
     Normalization,
     WeightSpaceConv2d,
@@ -68,8 +96,6 @@ logger = logging.getLogger(__name__)
 
 NORM_ACT, NORM, LEFT_ALONE, CONV, FALLBACK = "norm+act", "norm", "left alone", "conv", "fallback"
 ACTIONS = (NORM_ACT, NORM, LEFT_ALONE, CONV, FALLBACK)
-
-TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -86,7 +112,8 @@ class ConversionEntry:
         found: what was there, e.g. ``"BatchNorm2d(64) → ReLU"``.
         action: ``"norm+act"`` (a BatchNorm and its activation fused into the scheme's
             norm_act), ``"norm"`` (a normalization alone), ``"left alone"``, ``"conv"`` or
-            ``"fallback"`` (the model could not be traced).
+            ``"fallback"`` (the model could not be traced: its own classes are kept and only
+            proven pairs are fused).
         detail: what it became and what was carried or dropped, or why it was left alone.
     """
 
@@ -130,14 +157,36 @@ class ConversionReport:
 # -- what is a normalization, what is an activation ---------------------------------------------
 
 
+_OTHER_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_OTHER_NORMS += (nn.modules.instancenorm._InstanceNorm,)
+
+
+def _other_norm(module: nn.Module) -> bool:
+    """A normalization convert does not change (torch's GroupNorm, LayerNorm, InstanceNorm, a
+    model zoo's frozen BatchNorm, ...): reported as left alone."""
+    if _norm_kind(module) is not None or isinstance(module, TORCH_BATCH_NORMS):
+        return False
+    if not isinstance(module, _OTHER_NORMS) and "Norm" not in type(module).__name__:
+        return False
+    return not any(_norm_kind(sub) is not None for sub in module.modules())
+
+
+_OTHER_NORM_DETAIL = "convert changes BatchNorms and normlab's normalization layers only"
+
+
 def _norm_kind(module: nn.Module) -> str | None:
-    """ "norm" for a normalization alone, "unit" for a fused normalization-activation (a NormAct,
-    an EvoNorm with its nonlinearity), None for anything else."""
+    """ "norm" for a normalization alone, "unit" for a normlab normalization-activation (a
+    NormAct, an EvoNorm with its nonlinearity), "fused" for a BatchNorm carrying its own
+    activation (timm's BatchNormAct2d), None for anything else (a BatchNorm subclass computing
+    something else included)."""
     if isinstance(module, NormAct):
         return "unit"
     if isinstance(module, Normalization):
         return "unit" if getattr(module, "nonlinear", False) else "norm"
-    return "norm" if isinstance(module, TORCH_BATCH_NORMS) else None
+    form = batch_norm_form(module)
+    if form is None or form.kind == "unknown":
+        return None
+    return "fused" if form.kind == "fused" else "norm"
 
 
 def _channels(module: nn.Module) -> int:
@@ -147,131 +196,17 @@ def _channels(module: nn.Module) -> int:
 def _describe_module(module: nn.Module) -> str:
     if isinstance(module, NormAct):
         return f"NormAct({type(module.norm).__name__}, {type(module.act).__name__})"
+    if _norm_kind(module) == "fused":
+        form = batch_norm_form(module)
+        parts = (("drop", form.drop), ("act", form.act))
+        inner = [f"{name}={type(m).__name__}" for name, m in parts if m is not None]
+        return f"{type(module).__name__}({', '.join([str(_channels(module)), *inner])})"
+    if isinstance(module, nn.Sequential) and isinstance(getattr(module, "norm", None), nn.Module):
+        parts = ", ".join(_describe_module(m) for m in module)
+        return f"Sequential({parts})"
     if _norm_kind(module) is not None:
         return f"{type(module).__name__}({_channels(module)})"
     return type(module).__name__
-
-
-@dataclass(frozen=True)
-class _Activation:
-    """An activation found in the model: its normlab φ name (None where normlab has none),
-    how to name it, and the normlab activation step it is, if it is one."""
-
-    name: str | None
-    label: str
-    step: ActivationStep | None = None
-    why: str = ""
-
-
-_MODULE_ACTIVATIONS: tuple[tuple[type[nn.Module], str, Callable[[Any], str]], ...] = (
-    (nn.ReLU, "relu", lambda m: ""),
-    (nn.SiLU, "silu", lambda m: ""),
-    (nn.Tanh, "tanh", lambda m: ""),
-    (nn.Sigmoid, "sigmoid", lambda m: ""),
-    (nn.GELU, "gelu", lambda m: "" if m.approximate == "none" else "approximate GELU"),
-    (nn.ELU, "elu", lambda m: "" if m.alpha == 1.0 else f"alpha={m.alpha}"),
-    (
-        nn.LeakyReLU,
-        "leaky_relu",
-        lambda m: "" if m.negative_slope == LEAKY_RELU_SLOPE else f"slope={m.negative_slope}",
-    ),
-    (nn.Softplus, "softplus", lambda m: "" if m.beta == 1 else f"beta={m.beta}"),
-)
-_OTHER_ACTIVATION_MODULES = (
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Mish,
-    nn.PReLU,
-    nn.RReLU,
-    nn.SELU,
-    nn.CELU,
-    nn.LogSigmoid,
-    nn.Softsign,
-    nn.Tanhshrink,
-)
-
-# φ name and the extra parameters (name, required value or None for any) of functional forms.
-_FUNCTIONS: dict[Callable, tuple[str, str, tuple[tuple[str, Any], ...]]] = {}
-for _fn, _label, _name, _params in (
-    (F.relu, "F.relu", "relu", (("inplace", None),)),
-    (F.relu_, "F.relu_", "relu", ()),
-    (torch.relu, "torch.relu", "relu", ()),
-    (torch.relu_, "torch.relu_", "relu", ()),
-    (F.silu, "F.silu", "silu", (("inplace", None),)),
-    (F.gelu, "F.gelu", "gelu", (("approximate", "none"),)),
-    (F.tanh, "F.tanh", "tanh", ()),
-    (torch.tanh, "torch.tanh", "tanh", ()),
-    (F.sigmoid, "F.sigmoid", "sigmoid", ()),
-    (torch.sigmoid, "torch.sigmoid", "sigmoid", ()),
-    (F.elu, "F.elu", "elu", (("alpha", 1.0), ("inplace", None))),
-    (F.leaky_relu, "F.leaky_relu", "leaky_relu", (("negative_slope", 0.01), ("inplace", None))),
-    (F.softplus, "F.softplus", "softplus", (("beta", 1.0), ("threshold", None))),
-):
-    _FUNCTIONS.setdefault(_fn, (_label, _name, _params))
-_OTHER_FUNCTIONS = {
-    F.relu6: "F.relu6",
-    F.hardtanh: "F.hardtanh",
-    F.hardswish: "F.hardswish",
-    F.hardsigmoid: "F.hardsigmoid",
-    F.mish: "F.mish",
-    F.selu: "F.selu",
-    F.celu: "F.celu",
-    F.prelu: "F.prelu",
-    F.logsigmoid: "F.logsigmoid",
-}
-_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
-_METHODS |= {"tanh": "tanh", "tanh_": "tanh"}
-
-
-def _module_activation(module: nn.Module) -> _Activation | None:
-    """The activation a module is, or None if it is not one."""
-    if isinstance(module, ActivationStep):
-        return _Activation(module.activation.name, type(module).__name__, module)
-    for kind, name, unsupported in _MODULE_ACTIVATIONS:
-        if isinstance(module, kind):
-            why = unsupported(module)
-            label = type(module).__name__
-            return _Activation(None if why else name, label, why=why and f"{label} with {why}")
-    if isinstance(module, _OTHER_ACTIVATION_MODULES):
-        label = type(module).__name__
-        return _Activation(None, label, why=f"normlab has no activation step for {label}")
-    return None
-
-
-def _function_activation(node: fx.Node) -> _Activation | None:
-    if node.target in _OTHER_FUNCTIONS:
-        label = _OTHER_FUNCTIONS[node.target]
-        return _Activation(None, label, why=f"normlab has no activation step for {label}")
-    if node.target not in _FUNCTIONS:
-        return None
-    label, name, params = _FUNCTIONS[node.target]
-    given = dict(zip((p for p, _ in params), node.args[1:], strict=False))
-    if len(node.args) - 1 > len(params):
-        return _Activation(None, label, why=f"{label} called with unexpected arguments")
-    given.update(node.kwargs)
-    required = dict(params)
-    for key, value in given.items():
-        if key not in required or isinstance(value, fx.Node):
-            return _Activation(None, label, why=f"{label} called with {key}={value}")
-        if required[key] is not None and value != required[key]:
-            return _Activation(None, label, why=f"{label} with {key}={value!r}")
-    return _Activation(name, label)
-
-
-def _node_activation(node: fx.Node, modules: dict[str, nn.Module]) -> _Activation | None:
-    """The activation a graph node applies to its first argument, or None."""
-    if node.op == "call_module":
-        return _module_activation(modules[node.target])
-    if node.op == "call_function":
-        return _function_activation(node)
-    if node.op == "call_method" and node.target in _METHODS:
-        label = f".{node.target}()"
-        if len(node.args) > 1 or node.kwargs:
-            return _Activation(None, label, why=f"{label} called with arguments")
-        return _Activation(_METHODS[node.target], label)
-    return None
 
 
 # -- building targets and carrying values --------------------------------------------------------
@@ -286,9 +221,10 @@ class _State:
     stats: dict[str, Tensor] = field(default_factory=dict)
     hyper: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Tensor] = field(default_factory=dict)
+    untracked: bool = False  # a batch-statistics normalizer without running statistics
 
 
-def _source_state(module: nn.Module, act: _Activation | None) -> _State:
+def _source_state(module: nn.Module, act: FoundActivation | None) -> _State:
     state = _State()
     normalizer, step = module, act.step if act is not None else None
     if isinstance(module, NormAct):
@@ -310,6 +246,8 @@ def _source_state(module: nn.Module, act: _Activation | None) -> _State:
             state.stats[name] = getattr(normalizer, name)
     if state.stats:
         state.hyper = {"eps": normalizer.eps, "momentum": normalizer.momentum}
+    batch_dependent = isinstance(normalizer, (*TORCH_BATCH_NORMS, BatchDependentNorm))
+    state.untracked = batch_dependent and not normalizer.track_running_stats
     return state
 
 
@@ -352,6 +290,9 @@ def _carry(state: _State, target: nn.Module) -> tuple[list[str], list[str]]:
         carried.append("running statistics, eps, momentum")
     if set(state.stats) - set(stats) - {"num_batches_tracked"}:
         dropped.append("running statistics")
+    if state.untracked and isinstance(normalizer, BatchDependentNorm | nn.SyncBatchNorm):
+        _stop_tracking(normalizer)
+        carried.append("track_running_stats=False")
     for name, value in state.extras.items():
         holder = next(
             (h for h in (step, normalizer) if isinstance(getattr(h, name, None), Tensor)), None
@@ -362,6 +303,15 @@ def _carry(state: _State, target: nn.Module) -> tuple[list[str], list[str]]:
             getattr(holder, name).copy_(value)
             carried.append(name)
     return carried, dropped
+
+
+def _stop_tracking(norm: nn.Module) -> None:
+    """Make ``norm`` use batch statistics in evaluation too, as a source without running
+    statistics does."""
+    norm.track_running_stats = False
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        if name in norm._buffers:
+            norm._buffers[name] = None
 
 
 def _like(target: nn.Module, source: nn.Module) -> nn.Module:
@@ -401,7 +351,7 @@ class _Converter:
         except ValueError as error:
             raise ValueError(f"cannot convert {path}: {error}") from error
 
-    def target(self, path: str, source: nn.Module, act: _Activation | None) -> nn.Module:
+    def target(self, path: str, source: nn.Module, act: FoundActivation | None) -> nn.Module:
         """The module replacing ``source`` (and ``act``, when given) under the scheme."""
         C, s = _channels(source), self.scheme
         unit = _norm_kind(source) == "unit"
@@ -423,15 +373,20 @@ class _Converter:
         self,
         path: str,
         source: nn.Module,
-        act: _Activation | None = None,
+        act: FoundActivation | None = None,
         act_path: str = "",
         note: str = "",
+        keep: dict[str, nn.Module] | None = None,
     ) -> nn.Module:
-        """Build, carry and report the replacement of ``source`` (and ``act``); ``note`` says
-        why a normalization is converted without an activation."""
+        """Build, carry and report the replacement of ``source`` (and ``act``, found at
+        ``act_path``; a fused source's own when that is empty); ``note`` says why a
+        normalization is converted without an activation; the modules in ``keep`` (a fused
+        source's own drop and act) run after the converted normalization."""
         target = _like(self.target(path, source, act), source)
         carried, dropped = _carry(_source_state(source, act), target)
-        found = _describe_module(source) + (f" → {act.label}" if act is not None else "")
+        if keep:
+            target = nn.Sequential(OrderedDict(norm=target, **keep)).train(source.training)
+        found = _describe_module(source) + (f" → {act.label}" if act and act_path else "")
         detail = f"→ {_describe_module(target)}"
         if carried:
             detail += f"; carried {', '.join(carried)}"
@@ -440,11 +395,32 @@ class _Converter:
         if note:
             detail += f"; norm only: {note}"
         if act is not None:
-            self.report.add(f"{path} + {act_path}", found, NORM_ACT, detail)
+            self.report.add(f"{path} + {act_path}" if act_path else path, found, NORM_ACT, detail)
         else:
             unit = _norm_kind(source) == "unit"
             self.report.add(path, found, NORM_ACT if unit else NORM, detail)
         return target
+
+    def replace_fused(self, path: str, source: nn.Module) -> nn.Module:
+        """The replacement of a BatchNorm carrying its own activation: the scheme's norm_act
+        with that activation's φ, or the normalization alone followed by the module's own drop
+        and act where they cannot be fused (the activation is never dropped)."""
+        form = batch_norm_form(source)
+        act = module_activation(form.act) if form.act is not None else None
+        if form.drop is None and act is not None and act.name is not None and not self.sync:
+            return self.replace(path, source, act)
+        keep = {name: m for name, m in (("drop", form.drop), ("act", form.act)) if m is not None}
+        label = type(form.act).__name__ if form.act is not None else ""
+        if self.sync:
+            note = "sync_batchnorm=True converts normalizations only"
+        elif form.drop is not None:
+            note = f"its {type(form.drop).__name__} runs between the BatchNorm and {label}"
+        elif act is None:
+            note = f"normlab does not know the activation {label}"
+        else:
+            note = act.why
+        kept = " and ".join(type(m).__name__ for m in keep.values())
+        return self.replace(path, source, note=f"{note}; its own {kept} kept after it", keep=keep)
 
 
 def _unit_act_name(source: nn.Module, s: Scheme) -> str:
@@ -465,7 +441,8 @@ class _Tracer(fx.Tracer):
         self.opaque = opaque
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if _norm_kind(m) is not None or isinstance(m, ActivationStep | WeightSpaceConv2d):
+        leaves = (*TORCH_BATCH_NORMS, ActivationStep, WeightSpaceConv2d, torch.jit.ScriptModule)
+        if _norm_kind(m) is not None or isinstance(m, leaves) or _other_norm(m):
             return True
         if super().is_leaf_module(m, module_qualified_name):
             return True
@@ -473,33 +450,44 @@ class _Tracer(fx.Tracer):
 
 
 def _trace(root: nn.Module) -> tuple[fx.GraphModule, str]:
+    """The graph of ``root``, traced in training and in evaluation mode: a forward whose code
+    depends on ``self.training`` (a drop-block written inline) gives two different graphs, and
+    a graph of one mode would compute the other mode wrongly."""
     errors = []
+    modes = {name: m.training for name, m in root.named_modules()}
     for opaque in (False, True):
         tracer = _Tracer(opaque)
         try:
-            graph = tracer.trace(root)
+            graph = _trace_in_both_modes(tracer, root)
         except Exception as error:  # any failure to trace sends us to the fallback
-            errors.append(f"{type(error).__name__}: {error}")
+            mode = isinstance(error, ModeDependentError)
+            errors.append(str(error) if mode else f"{type(error).__name__}: {error}")
             continue
+        finally:
+            for name, m in root.named_modules():
+                m.training = modes[name]
         method = "torch.fx" + (" (modules without normalization traced as leaves)" * opaque)
         return fx.GraphModule(tracer.root, graph, type(root).__name__), method
     raise _UntraceableError(errors[-1].splitlines()[0])
+
+
+def _trace_in_both_modes(tracer: fx.Tracer, root: nn.Module) -> fx.Graph:
+    graphs = []
+    for training in (True, False):
+        root.train(training)
+        graphs.append(tracer.trace(root))
+    return mode_graph(*graphs)
 
 
 class _UntraceableError(Exception):
     pass
 
 
-def _owner(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack), "") if stack else ""
-
-
 def _node_path(node: fx.Node, label: str) -> str:
     if node.op == "call_module":
         return str(node.target)
-    owner = _owner(node)
-    return f"{owner}:{label}" if owner else label
+    path = owner(node)
+    return f"{path}:{label}" if path else label
 
 
 def _describe_node(node: Any, modules: dict[str, nn.Module]) -> str:
@@ -524,15 +512,21 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def _follower(
     node: fx.Node, modules: dict[str, nn.Module]
-) -> tuple[fx.Node | None, _Activation | None, str]:
-    """The activation node that alone consumes ``node``'s output, or why there is none."""
-    users = list(node.users)
-    if not users:
-        return None, None, "its output is not used"
-    if len(users) > 1:
-        return None, None, f"its output has {len(users)} users, so no activation follows it alone"
-    user = users[0]
-    act = _node_activation(user, modules)
+) -> tuple[fx.Node | None, FoundActivation | None, str]:
+    """The activation node that alone consumes ``node``'s output (through ``nn.Identity``
+    calls), or why there is none."""
+    while True:
+        users = list(node.users)
+        if not users:
+            return None, None, "its output is not used"
+        if len(users) > 1:
+            why = f"its output has {len(users)} users, so no activation follows it alone"
+            return None, None, why
+        (user,) = users
+        if not (_is_identity_node(user, modules) and user.args[0] is node):
+            break
+        node = user
+    act = node_activation(user, modules)
     if act is None or not user.args or user.args[0] is not node:
         return (
             None,
@@ -540,6 +534,10 @@ def _follower(
             f"no activation follows it (its output goes to {_describe_node(user, modules)})",
         )
     return user, act, ""
+
+
+def _is_identity_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and is_identity(modules[node.target]) and len(node.args) == 1
 
 
 def _convert_graph(gm: fx.GraphModule, converter: _Converter) -> fx.GraphModule:
@@ -552,14 +550,25 @@ def _convert_graph(gm: fx.GraphModule, converter: _Converter) -> fx.GraphModule:
     for node in list(graph.nodes):
         if node in erased:
             continue
-        if node.op == "call_module" and _norm_kind(modules[node.target]) is not None:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if module is not None and _norm_kind(module) is not None:
             if node.target not in replaced:
                 erased.add(_convert_norm_node(gm, node, modules, calls, converter, alone))
                 replaced.add(node.target)
             else:
                 alone[node] = alone.get(node, "the module is called at several places")
             continue
-        act = _node_activation(node, modules)
+        if isinstance(module, TORCH_BATCH_NORMS) and node.target not in replaced:
+            replaced.add(node.target)
+            why = batch_norm_form(module).why
+            converter.report.add(node.target, _describe_module(module), LEFT_ALONE, why)
+            continue
+        if module is not None and _other_norm(module) and node.target not in replaced:
+            replaced.add(node.target)
+            label = type(module).__name__
+            converter.report.add(node.target, label, LEFT_ALONE, _OTHER_NORM_DETAIL)
+            continue
+        act = node_activation(node, modules)
         if act is not None:
             why = _lone_reason(node, modules, alone, converter.sync)
             converter.report.add(_node_path(node, act.label), act.label, LEFT_ALONE, why)
@@ -580,6 +589,9 @@ def _convert_norm_node(
     """Replace the normalization called at ``node``, with its activation where one follows;
     return the activation node fused into it (erased from the graph), if any."""
     source, path = modules[node.target], str(node.target)
+    if _norm_kind(source) == "fused":
+        _set_module(gm, path, converter.replace_fused(path, source))
+        return None
     follower, act, why = None, None, ""
     if _norm_kind(source) == "norm":
         if converter.sync:
@@ -595,7 +607,7 @@ def _convert_norm_node(
     target = converter.replace(path, source, act, act_path, note=why)
     _set_module(gm, path, target)
     if follower is not None:
-        follower.replace_all_uses_with(node)
+        follower.replace_all_uses_with(follower.args[0])
         gm.graph.erase_node(follower)
     return follower
 
@@ -604,6 +616,8 @@ def _lone_reason(
     node: fx.Node, modules: dict[str, nn.Module], alone: dict[fx.Node, str], sync: bool
 ) -> str:
     source = node.args[0] if node.args else None
+    while isinstance(source, fx.Node) and _is_identity_node(source, modules):
+        source = source.args[0]
     if sync and isinstance(source, fx.Node) and source in alone:
         return f"kept after {source.target}: sync_batchnorm=True converts normalizations only"
     if isinstance(source, fx.Node) and source in alone:
@@ -613,62 +627,160 @@ def _lone_reason(
     )
 
 
-# -- the module-order fallback -------------------------------------------------------------------
+# -- models torch.fx cannot trace ----------------------------------------------------------------
+
+_PASS_EXAMPLE_INPUTS = (
+    "pass example_inputs=(x,) to convert to pair it by recording which activation runs after it"
+)
 
 
-def _convert_module_order(root: nn.Module, converter: _Converter, error: str) -> nn.Module:
+@dataclass
+class _Untraced:
+    """What is known of a model torch.fx cannot trace: its modules, how many times each is
+    registered, and a recorded run when example inputs were given."""
+
+    root: nn.Module
+    recording: Recording | None
+    registrations: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.registrations = Counter(
+            id(m) for _, m in self.root.named_modules(remove_duplicate=False)
+        )
+
+    def follower(self, path: str) -> tuple[str, str]:
+        """The path of the activation module proven to run right after the normalization at
+        ``path``, or why none is."""
+        recording = self.recording
+        if recording is not None and path in recording.followers:
+            act_path = recording.followers[path]
+            if self.registrations[id(self.root.get_submodule(act_path))] > 1:
+                return "", f"the activation {act_path} is registered at several places"
+            return act_path, ""
+        if recording is not None and recording.reasons.get(path, "never runs") != "never runs":
+            return "", f"in the run on example_inputs, {recording.reasons[path]}"
+        act_path, why = self._sequential_follower(path)
+        if not act_path and recording is None:
+            why += f"; {_PASS_EXAMPLE_INPUTS}"
+        return act_path, why
+
+    def _sequential_follower(self, path: str) -> tuple[str, str]:
+        parent_path, _, name = path.rpartition(".")
+        parent = self.root.get_submodule(parent_path)
+        where = f"{parent_path} ({type(parent).__name__})" if parent_path else "the model"
+        if not isinstance(parent, nn.Sequential) or type(parent).forward is not SEQUENTIAL_FORWARD:
+            parent_is = f"its parent {where}" if parent_path else "the model"
+            return "", (
+                f"there is no traced graph of the model, and {parent_is} is not an "
+                f"nn.Sequential, so nothing shows what runs after it"
+            )
+        if self.registrations[id(parent.get_submodule(name))] > 1:
+            return "", "the module is registered at several places"
+        children = list(parent._modules.items())
+        index = next(i for i, (child, _) in enumerate(children) if child == name)
+        following = next(((c, m) for c, m in children[index + 1 :] if not is_identity(m)), None)
+        if following is None:
+            return "", f"it is the last module of {where}"
+        child, module = following
+        act_path = f"{parent_path}.{child}" if parent_path else child
+        if module_activation(module) is None:
+            return "", f"the module after it in {where} is {child} ({type(module).__name__})"
+        if self.registrations[id(module)] > 1:
+            return "", f"the activation {act_path} is registered at several places"
+        return act_path, ""
+
+
+SEQUENTIAL_FORWARD = nn.Sequential.forward
+
+
+def _convert_untraced(
+    root: nn.Module, converter: _Converter, error: str, example_inputs: tuple | None
+) -> nn.Module:
+    """Convert a model torch.fx cannot trace in place, pairing only what is proven adjacent."""
     report = converter.report
-    report.method = "module order (fallback)"
+    modules = list(root.named_modules())
+    opaque = [p for p, m in modules if p and _is_opaque(m)]
+    inner = [(p, m) for p, m in modules if p and not _inside(p, opaque)]
+    norms = [p for p, m in inner if _norm_kind(m) == "norm"]
+    recording = None
+    if example_inputs is not None and not converter.sync:
+        is_act = lambda m: module_activation(m) is not None  # noqa: E731
+        recording = record_run(root, example_inputs, norms, is_act)
+    known = _Untraced(root, recording)
+    pairs: dict[str, tuple[str, FoundActivation]] = {}  # norm path -> its activation
+    notes: dict[str, str] = {}  # norm path -> why converted alone
+    lone: dict[str, str] = {}  # activation path -> why left alone
+    for path in norms:
+        act_path, notes[path] = ("", "") if converter.sync else known.follower(path)
+        act = module_activation(root.get_submodule(act_path)) if act_path else None
+        if act is not None and act.name is None:
+            notes[path] = f"{act.why}; the activation is left alone"
+            lone[act_path] = f"its input comes from {path}, converted alone: {notes[path]}"
+        elif act is not None:
+            pairs[path] = (act_path, act)
+    fused = {act_path for act_path, _ in pairs.values()}
+    unproven = sum(path not in pairs and _PASS_EXAMPLE_INPUTS in notes[path] for path in norms)
+    report.method = "without torch.fx" + (" (a run recorded on example_inputs)" * bool(recording))
     report.add(
         "(model)",
         "a model torch.fx cannot trace",
         FALLBACK,
-        f"{error}. Paired each BatchNorm with the activation module registered right after it "
-        f"in the same parent; this assumes that module runs right after it and nowhere else, "
-        f"and cannot see functional activations: check the result",
+        _fallback_detail(error, recording, unproven),
     )
-    modules = list(root.named_modules())
-    opaque = (NormAct, Normalization, ActivationStep)  # nothing to look at inside these
-    units = [p for p, m in modules if p and isinstance(m, opaque)]
-    plan: list[tuple[nn.Module, str, nn.Module]] = []
-    reasons: dict[str, str] = {}  # activation path -> why it is left alone
-    for path, module in modules:
-        if not path or _inside(path, units):
-            continue
+    plan: list[tuple[str, nn.Module]] = []
+    for path, module in inner:
         kind = _norm_kind(module)
-        if kind is None:
-            act = _module_activation(module)
-            if act is not None and reasons.get(path) != "":
-                why = reasons.get(path, "not registered right after a normalization")
-                report.add(path, act.label, LEFT_ALONE, why)
-            continue
-        parent_path, _, name = path.rpartition(".")
-        parent = root.get_submodule(parent_path)
-        act_path, act, note = "", None, ""
-        if kind == "norm" and not converter.sync:
-            act_path, act = _next_activation(parent, name, parent_path)
-        if act is not None and act.name is None:
-            note = f"{act.why}; the activation is left alone"
-            reasons[act_path], act = f"its input comes from {path}, converted alone: {note}", None
-        if act is not None:
-            reasons[act_path] = ""  # fused
-            plan.append((parent, act_path.rpartition(".")[2], nn.Identity()))
-        plan.append((parent, name, converter.replace(path, module, act, act_path, note)))
-    for parent, name, module in plan:
-        setattr(parent, name, module)
+        if kind == "fused":
+            plan.append((path, converter.replace_fused(path, module)))
+        elif kind is not None:
+            act_path, act = pairs.get(path, ("", None))
+            plan.append((path, converter.replace(path, module, act, act_path, notes.get(path, ""))))
+        elif isinstance(module, TORCH_BATCH_NORMS):
+            why = batch_norm_form(module).why
+            report.add(path, _describe_module(module), LEFT_ALONE, why)
+        elif isinstance(module, torch.jit.ScriptModule):
+            report.add(path, "ScriptModule", LEFT_ALONE, _SCRIPTED_CHILD)
+        elif _other_norm(module):
+            report.add(path, type(module).__name__, LEFT_ALONE, _OTHER_NORM_DETAIL)
+        elif path in fused:
+            plan.append((path, nn.Identity()))
+        elif module_activation(module) is not None:
+            why = lone.get(path, "no normalization is proven to run right before it")
+            if converter.sync and not lone.get(path):
+                why = "sync_batchnorm=True converts normalizations only"
+            report.add(path, module_activation(module).label, LEFT_ALONE, why)
+    for path, module in plan:
+        _set_module(root, path, module)
     return root
 
 
-def _next_activation(
-    parent: nn.Module, name: str, parent_path: str
-) -> tuple[str, _Activation | None]:
-    """The activation module registered right after the child ``name`` of ``parent``."""
-    children = list(parent.named_children())
-    index = next(i for i, (child, _) in enumerate(children) if child == name)
-    if index + 1 == len(children):
-        return "", None
-    following, module = children[index + 1]
-    return (f"{parent_path}.{following}" if parent_path else following), _module_activation(module)
+def _is_opaque(module: nn.Module) -> bool:
+    """Whether convert looks no further inside ``module``."""
+    units = (NormAct, Normalization, ActivationStep, torch.jit.ScriptModule, *TORCH_BATCH_NORMS)
+    return isinstance(module, units) or _other_norm(module)
+
+
+def _fallback_detail(error: str, recording: Recording | None, unproven: int) -> str:
+    proof = "the next child in an nn.Sequential"
+    if recording is not None:
+        proof = f"one its output goes to alone in the run on example_inputs, or {proof}"
+    detail = (
+        f"{error}. Without a graph, a BatchNorm is paired only with an activation module proven "
+        f"to run right after it ({proof}); the others are converted alone and the model's own "
+        f"classes are kept"
+    )
+    if unproven:
+        detail += (
+            f". {unproven} normalization(s) converted alone for want of proof: pass "
+            f"example_inputs=(x,) to convert to pair them by recording a run"
+        )
+    return detail
+
+
+_SCRIPTED_CHILD = (
+    "a TorchScript module: convert cannot change what is inside it (convert the eager module, "
+    "then script it)"
+)
 
 
 def _inside(path: str, prefixes: list[str]) -> bool:
@@ -684,6 +796,8 @@ def _convert_convs(root: nn.Module, s: Scheme, report: ConversionReport) -> None
     for path, conv in root.named_modules():
         if type(conv) is not nn.Conv2d and not isinstance(conv, WeightSpaceConv2d):
             continue
+        if type(conv) is nn.Conv2d and s.weight is None and s.normalizer != "nf":
+            continue  # a plain conv stays one
         new = s.conv(
             conv.in_channels,
             conv.out_channels,
@@ -719,6 +833,7 @@ def convert(
     act: str | None = None,
     *,
     sync_batchnorm: bool = False,
+    example_inputs: Tensor | tuple | list | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with its BatchNorms (and the activations right after them) converted
     to the scheme ``norm``; see the module docstring for the rules.
@@ -730,6 +845,10 @@ def convert(
             own (and gives relu where none was matched, e.g. for EvoNorm sources).
         sync_batchnorm: make every normalization a :class:`torch.nn.SyncBatchNorm` (needs
             ``norm="bn"``, optionally with a weight modifier); activations are kept.
+        example_inputs: an input tensor, or a tuple of the positional inputs, for a model
+            torch.fx cannot trace: a copy of the model is run once on them (evaluation mode,
+            no gradient) to record which activation module runs right after each BatchNorm.
+            Unused when the model traces.
 
     Returns:
         the converted module (a :class:`torch.fx.GraphModule` when the model traces), with the
@@ -737,6 +856,12 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            f"convert cannot change a TorchScript module ({type(model).__name__}): its code is "
+            f"compiled. Call normlab.convert on the eager model, then torch.jit.script the result"
+        )
+    inputs = _example_inputs(example_inputs)
     s = scheme(norm, act)
     if sync_batchnorm and (s.normalizer != "bn" or s.proxy or s.norm_batch_size is not None):
         raise ValueError(
@@ -745,21 +870,54 @@ def convert(
         )
     report = ConversionReport(s.spec)
     converter = _Converter(s, act, sync_batchnorm, report)
-    if _norm_kind(model) is not None:
-        report.method = "single module"
-        result = converter.replace("(model)", model, None)
-    else:
-        try:
-            gm, report.method = _trace(copy.deepcopy(model))
-            result = _convert_graph(gm, converter)
-            result.training = model.training
-        except _UntraceableError as error:
-            result = _convert_module_order(copy.deepcopy(model), converter, str(error))
+    try:
+        result = _convert_model(model, converter, inputs)
+    finally:
+        forget_forms()
     _convert_convs(result, s, report)
     result.conversion_report = report
     level = logging.WARNING if report.by_action(FALLBACK) else logging.INFO
     logger.log(level, "%s", report)
     return result
+
+
+def _convert_model(model: nn.Module, converter: _Converter, inputs: tuple | None) -> nn.Module:
+    report = converter.report
+    kind = _norm_kind(model)
+    if kind == "fused":
+        report.method = "single module"
+        return converter.replace_fused("(model)", copy.deepcopy(model))
+    if kind is not None:
+        report.method = "single module"
+        return converter.replace("(model)", model, None)
+    copied = copy.deepcopy(model)
+    for module in copied.modules():  # probed now: a probe cannot run while torch.fx traces
+        batch_norm_form(module)
+    try:
+        gm, report.method = _trace(copied)
+    except _UntraceableError as error:
+        return _convert_untraced(copy.deepcopy(model), converter, str(error), inputs)
+    result = _convert_graph(gm, converter)
+    result.training = model.training
+    scripted: list[str] = []
+    for path, module in result.named_modules():
+        if isinstance(module, torch.jit.ScriptModule) and not _inside(path, scripted):
+            scripted.append(path)
+            report.add(path, "ScriptModule", LEFT_ALONE, _SCRIPTED_CHILD)
+    return result
+
+
+def _example_inputs(example_inputs: object) -> tuple | None:
+    if example_inputs is None or isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    raise TypeError(
+        f"example_inputs must be a tensor or a tuple of the model's positional inputs, "
+        f"got {type(example_inputs).__name__}"
+    )
 
 
 __all__ = ["ConversionEntry", "ConversionReport", "convert"]
