@@ -28,6 +28,7 @@ from .layers import (
 from .report import ReportFiles
 from .report.html import format_value
 from .scheme import EXAMPLES, scheme, schemes
+from .training.command import add_parser as add_train_parser
 
 
 def _schemes_table() -> Table:
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--act", default=None, help="activation φ (default: each model's own)")
     zoo.add_argument("--flops", action="store_true", help="also count multiply-accumulates")
     zoo.set_defaults(run=cmd_models)
+    add_train_parser(commands)
     return parser
 
 
@@ -285,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return args.run(args, console)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         Console(stderr=True).print(f"[red]error:[/] {error}", soft_wrap=True, highlight=False)
         return 2
 
