@@ -47,6 +47,7 @@ HELP = {
     "agc": "adaptive gradient clipping λ, e.g. 0.01 for NF nets (off by default)",
     "seed": "random seed",
     "limit": "train on the first N training samples only",
+    "test_limit": "evaluate on the first N test samples only",
     "device": "torch device: cpu, cuda (cuda:LOCAL_RANK under torchrun)",
     "amp": "mixed precision (bfloat16 on CPU, float16 with loss scaling on CUDA)",
     "compile": "torch.compile the model",

@@ -70,6 +70,7 @@ class TrainConfig:
     agc: float | None = None
     seed: int = 0
     limit: int | None = None
+    test_limit: int | None = None
     device: str = "cpu"
     amp: bool = False
     compile: bool = False
@@ -118,7 +119,7 @@ class TrainConfig:
         _choice("regularization", self.regularization, REGULARIZATIONS)
         for name in ("epochs", "batch_size", "accum_steps"):
             _positive_int(name, getattr(self, name))
-        for name in ("norm_batch_size", "limit", "eval_batch_size"):
+        for name in ("norm_batch_size", "limit", "test_limit", "eval_batch_size"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         for name in ("workers", "diagnostics_every", "seed"):

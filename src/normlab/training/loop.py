@@ -169,7 +169,7 @@ class Run:
             config.data, "train", config.batch_size, train=True, **common
         )
         eval_batch = config.eval_batch_size or config.batch_size
-        test_common = common | {"limit": None}
+        test_common = common | {"limit": config.test_limit}
         self.test_data = TrainBatches(config.data, "test", eval_batch, train=False, **test_common)
         if len(self.train_data) == 0:
             raise ConfigError(
