@@ -232,6 +232,15 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace, console: Console) -> int:
+    from .report.training import plot_runs
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "plots"
+    written = plot_runs(args.runs, out)
+    console.print(f"wrote {len(written)} files in {out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normlab",
@@ -279,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--flops", action="store_true", help="also count multiply-accumulates")
     zoo.set_defaults(run=cmd_models)
     add_train_parser(commands)
+    plot = commands.add_parser(
+        "plot", help="figures of training runs: power through training, training curves"
+    )
+    plot.add_argument("runs", nargs="+", help="run folders of `normlab train` (several overlay)")
+    plot.add_argument("--out", help="figure folder (default: RUN/plots of the first run)")
+    plot.set_defaults(run=cmd_plot)
     return parser
 
 

@@ -20,7 +20,7 @@ from normlab.training.loop import TIMING_KEYS
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 TINY = {
     "model": "resnet20",
-    "width": 0.25,
+    "width": 0.5,
     "data": "gaussian:3x8x8",
     "limit": 64,
     "test_limit": 32,
@@ -91,7 +91,7 @@ def test_out_holding_a_run_is_refused_without_resume(tmp_path):
 
 def _command(out: Path, *extra: str) -> list[str]:
     flags = [
-        "--model", "resnet20", "--width", "0.25", "--norm", "bn", "--data", "gaussian:3x8x8",
+        "--model", "resnet20", "--width", "0.5", "--norm", "bn", "--data", "gaussian:3x8x8",
         "--limit", "96", "--test-limit", "32", "--batch-size", "16", "--epochs", "3",
         "--regularization", "extra", "--ema", "0.9", "--seed", "7", "--out", str(out),
         "--no-progress",

@@ -21,7 +21,7 @@ def _group(groups: list[dict], name: str) -> set[int]:
 
 @pytest.mark.parametrize("spec", ["gn8+pn", "bn", "ln+pn+sws", "frn", "evo-s0", "nf"])
 def test_param_groups_decay_weights_and_proxy_parameters_only(spec):
-    model = normlab.models.create("resnet20", norm=spec, width=0.25)
+    model = normlab.models.create("resnet20", norm=spec, width=0.5)
     groups = param_groups(model, weight_decay=5e-4)
     decay, no_decay = _group(groups, "decay"), _group(groups, "no_decay")
     expected = set()

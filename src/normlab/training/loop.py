@@ -11,6 +11,7 @@ The run folder (``config.out``), written by rank 0 only and every file atomicall
     config.yaml      the resolved configuration
     metrics.jsonl    one JSON object per epoch (see :data:`METRIC_KEYS`)
     metrics.csv      the same as a table
+    diagnostics.jsonl  power decomposition, SPP, feature geometry at init and every k epochs
     summary.json     status (finished | diverged | failed), epochs, accuracies, wall_seconds
     last.pt          the checkpoint of the last epoch; best.pt that of the best test accuracy
     tensorboard/     event files, with ``tensorboard=True``
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .. import models
 from ..data import TrainBatches
@@ -41,6 +42,7 @@ from ..scheme import scheme
 from . import checkpoint as ckpt
 from . import distributed
 from .config import ConfigError, TrainConfig, config_differences, dump_yaml
+from .diagnostics import PROBE_SIZE, snapshot
 from .optim import make_optimizer, make_scheduler
 from .regularizers import (
     adaptive_gradient_clip,
@@ -151,6 +153,7 @@ class Run:
     info: distributed.DistInfo
     model: nn.Module | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.out = Path(self.config.out)
@@ -212,6 +215,27 @@ class Run:
             self.device.type, enabled=config.amp and self.device.type == "cuda"
         )
         self.start_epoch = self._resume() if config.resume else 0
+        self.probe = self._probe_batch() if config.diagnostics_every else None
+
+    def _probe_batch(self) -> Tensor:
+        """The first test images (no augmentation): the same batch at every probe."""
+        parts, count = [], 0
+        for x, _ in self.test_data.epoch(0):
+            parts.append(x)
+            count += x.shape[0]
+            if count >= PROBE_SIZE:
+                break
+        return torch.cat(parts)[:PROBE_SIZE]
+
+    def _diagnose(self, epochs_done: int) -> None:
+        every, last = self.config.diagnostics_every, epochs_done == self.config.epochs
+        if self.probe is None or not self.info.is_main:
+            return
+        if epochs_done % every and not last:
+            return
+        self.diagnostics.append(snapshot(self.module, self.probe, epochs_done))
+        lines = "".join(json.dumps(record) + "\n" for record in self.diagnostics)
+        ckpt.write_text_atomic(self.out / "diagnostics.jsonl", lines)
 
     def _prepare_folder(self) -> None:
         """Check that ``out`` is writable and holds no other run, before any work."""
@@ -261,6 +285,7 @@ class Run:
             self.ema.load_state_dict(state["ema"])
         ckpt.set_rng_states(state["rng"])
         self.history = state["history"]
+        self.diagnostics = state.get("diagnostics", [])
         return int(state["epoch"]) + 1
 
     # -- the epochs -----------------------------------------------------------------------------
@@ -272,6 +297,8 @@ class Run:
         status, stopped_at, error = "finished", None, None
         writer = self._tensorboard()
         try:
+            if self.start_epoch == 0:
+                self._diagnose(0)
             for epoch in range(self.start_epoch, config.epochs):
                 try:
                     row = self._epoch(epoch)
@@ -279,6 +306,7 @@ class Run:
                     status, stopped_at = "diverged", epoch
                     break
                 self.history.append(row)
+                self._diagnose(epoch + 1)
                 if self.info.is_main:
                     self._write_epoch(row, writer)
                 distributed.barrier(self.info)
@@ -358,7 +386,7 @@ class Run:
                 if not torch.isfinite(loss):
                     raise DivergedError
                 self.scaler.scale(loss / config.accum_steps).backward()
-            result.loss_sum += float(loss) * y.shape[0]
+            result.loss_sum += float(loss.detach()) * y.shape[0]
             result.correct += float((logits.argmax(1) == y).sum())
             result.count += y.shape[0]
             if last:
@@ -409,6 +437,7 @@ class Run:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": ckpt.rng_states(),
             "history": self.history,
+            "diagnostics": self.diagnostics,
             "config": self.resolved.to_dict(),
         }
 

@@ -90,8 +90,8 @@ def classifier_parameters(model: nn.Module) -> set[int]:
 def _unitwise_norm(t: Tensor) -> Tensor:
     """‖·‖ per output unit: over every dim but the first (the whole tensor for vectors)."""
     if t.dim() <= 1:
-        return t.norm().expand_as(t)
-    return t.norm(dim=tuple(range(1, t.dim())), keepdim=True)
+        return torch.linalg.vector_norm(t).expand_as(t)
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True)
 
 
 @torch.no_grad()
