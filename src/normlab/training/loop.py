@@ -365,6 +365,7 @@ class Run:
         mixup, cutmix = config.regularizer("mixup"), config.regularizer("cutmix")
         batches = iter(self.train_data.epoch(epoch))
         steps = (len(self.train_data) // config.accum_steps) * config.accum_steps
+        bar = _ProgressBar(epoch, config.epochs, steps, self.config.progress and self.info.is_main)
         for step in range(steps):
             waited = time.perf_counter()
             x, y = next(batches)
@@ -391,6 +392,8 @@ class Run:
             result.count += y.shape[0]
             if last:
                 self._step()
+            bar.advance(result.loss_sum / result.count, result.count)
+        bar.close()
         return result
 
     def _step(self) -> None:
@@ -494,6 +497,40 @@ class Run:
             "error": error,
             "config": self.resolved.to_dict(),
         }
+
+
+class _ProgressBar:
+    """A rich progress bar over an epoch's steps (loss, images/s) on a terminal; nothing
+    otherwise (the per-epoch log line is printed either way)."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, enabled: bool) -> None:
+        self.progress = None
+        if not (enabled and sys.stderr.isatty()):
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.started = time.perf_counter()
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.task = self.progress.add_task("train", total=steps, status="")
+        self.progress.start()
+
+    def advance(self, loss: float, images: float) -> None:
+        if self.progress is None:
+            return
+        rate = images / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, advance=1, status=f"loss {loss:.4f}, {rate:.0f} img/s")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
