@@ -179,6 +179,7 @@ class Run:
                 f"batch size {config.batch_size} is larger than the {self.train_data.num_samples} "
                 f"training samples of this process: no full batch to train on"
             )
+        torch.manual_seed(derived_seed(config.seed, "init"))  # the same weights on every rank
         model = self.model or build_model(
             config, self.train_data.num_classes, self.train_data.in_channels
         )
