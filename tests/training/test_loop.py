@@ -188,3 +188,23 @@ def test_a_tiny_run_on_real_fashion_mnist_learns(tmp_path):
     summary = train(config)
     assert summary["status"] == "finished"
     assert summary["final_test_accuracy"] > 0.5  # chance is 0.1
+
+
+def test_a_timm_model_trains_converted_to_the_scheme(tmp_path):
+    from tests.timm_support import import_timm
+
+    if import_timm() is None:
+        pytest.skip("timm is not installed")
+    summary = train(tiny(tmp_path, model="timm:resnet10t", norm="gn8+pn", epochs=1))
+    assert summary["status"] == "finished"
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert any(key.endswith("proxy_beta") for key in state)  # the BatchNorms became GN+PN
+
+
+def test_unknown_timm_model_suggests_the_closest(tmp_path):
+    from tests.timm_support import import_timm
+
+    if import_timm() is None:
+        pytest.skip("timm is not installed")
+    with pytest.raises(ValueError, match="Did you mean 'resnet18'"):
+        train(tiny(tmp_path, model="timm:resnet19"))

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import models
+from .._checks import unknown
 from ..data import TrainBatches
 from ..scheme import scheme
 from . import checkpoint as ckpt
@@ -101,8 +102,14 @@ def model_spec(config: TrainConfig) -> str:
     return dataclasses.replace(parsed, norm_batch_size=config.norm_batch_size).spec
 
 
+TIMM_PREFIX = "timm:"
+
+
 def build_model(config: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The zoo model ``config.model`` under ``config.norm`` with the configured regularizers."""
+    """The zoo model ``config.model`` under ``config.norm`` with the configured regularizers;
+    ``timm:NAME`` builds timm's model NAME (untrained) and converts it to the scheme."""
+    if config.model.startswith(TIMM_PREFIX):
+        return _timm_model(config, num_classes, in_channels)
     kwargs: dict[str, Any] = {
         "norm": model_spec(config),
         "act": config.act,
@@ -118,6 +125,27 @@ def build_model(config: TrainConfig, num_classes: int, in_channels: int) -> nn.M
         return models.create(config.model, **kwargs)
     except TypeError as error:
         raise ConfigError(f"model {config.model!r} does not take these settings: {error}") from None
+
+
+def _timm_model(config: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    from ..convert import convert
+
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"--model {config.model} needs timm (pip install timm)") from None
+    name = config.model[len(TIMM_PREFIX) :]
+    if name not in timm.list_models():
+        raise ConfigError(str(unknown("timm model", name, timm.list_models())))
+    model = timm.create_model(
+        name,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_channels,
+        drop_rate=config.regularizer("dropout"),
+        drop_path_rate=config.regularizer("drop_path"),
+    )
+    return convert(model, model_spec(config), None if config.act == "relu" else config.act)
 
 
 def _check_norm_batch(config: TrainConfig) -> None:
