@@ -6,6 +6,8 @@ single-process reference (which takes all of it) see the same numbers.
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -33,18 +35,32 @@ class LayerCase:
     steps: int = 2
 
 
+def _random_cases(count: int) -> tuple[LayerCase, ...]:
+    """Shapes drawn from a fixed seed: per-rank sizes 0..5 (two values at least in all), 1 to 3
+    spatial dims of 1 to 3 (or none), 1 to 6 channels."""
+    rng = random.Random(0)
+    drawn = []
+    while len(drawn) < count:
+        sizes = (rng.randint(0, 5), rng.randint(0, 5))
+        tail = (rng.randint(1, 6), *(rng.randint(1, 3) for _ in range(rng.randint(0, 3))))
+        if sum(sizes) * math.prod(tail[1:]) > 1:
+            drawn.append(LayerCase(f"random {sizes} {tail}", sizes, tail, steps=1))
+    return tuple(drawn)
+
+
 LAYER_CASES = (
     LayerCase("3+5", (3, 5)),
     LayerCase("0+4", (0, 4)),
     LayerCase("4+0 (N, C) cumulative", (4, 0), tail=(5,), momentum=None),
     LayerCase("3+5 in NormAct", (3, 5), fused=True),
     LayerCase("3+5 float32 about 1000", (3, 5), dtype=torch.float32, offset=1000.0),
+    *_random_cases(8),
 )
 
 
 def layer_data(case: LayerCase, step: int) -> tuple[Tensor, Tensor]:
     """The global input x and the loss weights r of ``step`` (loss = Σ y·r)."""
-    g = torch.Generator().manual_seed(1000 * step + len(case.name))
+    g = torch.Generator().manual_seed(1000 * step + sum(map(ord, case.name)))
     shape = (sum(case.sizes), *case.tail)
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0 + 0.5 + case.offset
     r = torch.randn(shape, generator=g, dtype=torch.float64)

@@ -49,7 +49,7 @@ def test_sync_batch_norm_is_batch_norm_on_concatenated_batch(layer_results, case
         cases.make_layer(case, sync=False).double(), case, None, dtype=torch.float64
     )
     ranks = [result[case.name] for result in layer_results]
-    tol = 1e-6 if exact else 2e-4
+    tol = 1e-6 if exact else 1e-4  # float32: F.batch_norm is off by 4e-5 here
     for step in range(case.steps):
         for key in ("y", "grad_x"):
             actual = torch.cat([r[key][step] for r in ranks]).double()

@@ -73,7 +73,7 @@ def global_moments(x: Tensor, group=None) -> tuple[int, int, Tensor, Tensor]:
     total = counts.sum()
     mean = (counts * means).sum(0) / total.clamp_min(1.0)
     m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
-    return int(total.item()), int(local[0].item()), mean, m2 / total.clamp_min(1.0)
+    return int(total.item()), x.numel() // channels, mean, m2 / total.clamp_min(1.0)
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
@@ -82,15 +82,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, invstd, count, group):
-        scale = invstd if weight is None else invstd * weight.to(torch.float64)
-        shift = -mean * scale
-        if bias is not None:
-            shift = shift + bias.to(torch.float64)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.count, ctx.group = count, group
         ctx.bias_dtype = None if bias is None else bias.dtype
         ndim = x.dim()
-        return x * channel_view(scale.to(x.dtype), ndim) + channel_view(shift.to(x.dtype), ndim)
+        scale = invstd if weight is None else invstd * weight.to(torch.float64)
+        # x − μ first: exact for values near μ, where x·scale + shift would cancel
+        y = (x - channel_view(mean.to(x.dtype), ndim)) * channel_view(scale.to(x.dtype), ndim)
+        return y if bias is None else y + channel_view(bias.to(x.dtype), ndim)
 
     @staticmethod
     @once_differentiable
