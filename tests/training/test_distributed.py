@@ -3,12 +3,6 @@ concatenated batch, conversion, and the helpers of normlab.training.distributed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -26,12 +20,24 @@ pytestmark = pytest.mark.skipif(
     reason="torch.distributed with gloo is needed",
 )
 
-# -- SyncBatchNorm on 2 processes -----------------------------------------------------------------
+# -- 2 processes under torchrun ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def layer_results(tmp_path_factory):
-    return workers.run(cases.layer_worker, tmp_path_factory.mktemp("layer"))
+def ranks(tmp_path_factory) -> list[dict]:
+    """What each of 2 gloo processes computed (tests/training/torchrun_script.py), launched once
+    with ``python -m torch.distributed.run --nproc_per_node=2``."""
+    return workers.run_torchrun(tmp_path_factory.mktemp("torchrun"))
+
+
+@pytest.fixture(scope="module")
+def layer_results(ranks):
+    return [r["layer"] for r in ranks]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(ranks):
+    return [r["ddp"] for r in ranks]
 
 
 def _close(actual, expected, tol: float) -> None:
@@ -77,11 +83,6 @@ def test_sync_batch_norm_refuses_a_global_batch_of_one_value_on_every_rank(layer
 
 
 # -- one DDP step on resnet20 ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory):
-    return workers.run(cases.ddp_worker, tmp_path_factory.mktemp("ddp"))
 
 
 def _relative_difference(grads: dict, reference: dict) -> float:
@@ -256,36 +257,22 @@ def test_all_reduce_sum_refuses_other_types():
 # -- the helpers under torchrun -------------------------------------------------------------------
 
 
-def test_helpers_under_torchrun(tmp_path):
-    """``python -m torch.distributed.run --nproc_per_node=2`` runs a script that uses setup,
-    all_reduce_sum, broadcast_object, the samplers, wrap and barrier."""
-    src = Path(normlab.__file__).resolve().parents[1]
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join([str(src), str(root)])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={workers.free_port()}",
-        str(Path(__file__).with_name("torchrun_script.py")),
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for rank, result in enumerate(ranks):
-        assert result["info"] == [rank, 2, rank, "cpu", "gloo", rank == 0, True]
+def test_helpers_under_torchrun(ranks):
+    """setup from torchrun's environment, all_reduce_sum, broadcast_object, the samplers, wrap and
+    barrier on 2 processes."""
+    results = [r["helpers"] for r in ranks]
+    for rank, result in enumerate(results):
+        assert result["info"] == (rank, 2, rank, "cpu", "gloo")
+        assert result["is_main"] == (rank == 0)
+        assert result["distributed"]
         assert result["sums"] == {"count": 30.0, "loss": 4.0}
-        assert result["tensor_sum"] == [1.0, 2.0]
+        assert result["tensor_sum"].dtype == torch.float64
+        assert result["tensor_sum"].tolist() == [1.0, 2.0]
         assert result["decision"] == {"epoch": 7}
         assert result["wrapped"] == DistributedDataParallel.__name__
         assert result["saw_rank0_file"]
-    for epoch in ("0", "1"):
-        shards = [r["train"][epoch] for r in ranks]
+    for epoch in (0, 1):
+        shards = [r["train"][epoch] for r in results]
         assert sorted(shards[0] + shards[1]) == list(range(10))
-    assert ranks[0]["train"]["0"] != ranks[0]["train"]["1"]
-    assert [r["eval"] for r in ranks] == [[0, 2, 4, 6], [1, 3, 5]]
+    assert results[0]["train"][0] != results[0]["train"][1]
+    assert [r["eval"] for r in results] == [[0, 2, 4, 6], [1, 3, 5]]

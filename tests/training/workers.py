@@ -1,25 +1,23 @@
-"""Multi-process test harness: run a function on P processes joined by a gloo group on loopback.
+"""Multi-process test harness: ``python -m torch.distributed.run`` on loopback, gloo, 2 processes.
 
-Each worker is launched with torch.multiprocessing's spawn, receives torchrun's environment
-variables (so that :func:`normlab.training.distributed.setup` initialises the group as it would
-under torchrun) and saves what it computed with ``torch.save`` for the parent to compare.
+The launched script (:mod:`tests.training.torchrun_script`) saves what each rank computed with
+``torch.save``; :func:`run_torchrun` returns it for the test to compare with one process.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
-from collections.abc import Callable
-from datetime import timedelta
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
-from normlab.training import distributed
+import normlab
 
-TIMEOUT_S = 90.0
+TIMEOUT_S = 180
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def free_port() -> int:
@@ -30,45 +28,34 @@ def free_port() -> int:
 
 
 def torchrun_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun gives each process, for ``rank`` of ``world_size`` on loopback."""
     return {
         "RANK": str(rank),
         "WORLD_SIZE": str(world_size),
         "LOCAL_RANK": str(rank),
-        "LOCAL_WORLD_SIZE": str(world_size),
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(port),
-        "OMP_NUM_THREADS": "1",
     }
 
 
-def _entry(rank: int, fn: Callable, world_size: int, port: int, out: str, args: tuple) -> None:
-    os.environ.update(torchrun_environment(rank, world_size, port))
-    torch.set_num_threads(1)
-    info = distributed.setup("cpu", timeout=timedelta(seconds=TIMEOUT_S))
-    try:
-        torch.save(fn(info, *args), Path(out) / f"rank{rank}.pt")
-    finally:
-        distributed.cleanup(info)
-
-
-def run(fn: Callable, out: Path, *args, world_size: int = 2) -> list:
-    """Run ``fn(info, *args)`` on ``world_size`` processes; return each rank's result, in order.
-
-    ``fn`` must be a module-level function (spawned processes import it). A worker's exception is
-    raised here; workers still running after the timeout are killed."""
-    out.mkdir(parents=True, exist_ok=True)
-    context = mp.start_processes(
-        _entry,
-        args=(fn, world_size, free_port(), str(out), args),
-        nprocs=world_size,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            raise TimeoutError(f"{fn.__name__} on {world_size} processes ran past {TIMEOUT_S} s")
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+def run_torchrun(out: Path, nproc: int = 2) -> list:
+    """Run torchrun_script.py on ``nproc`` processes (one thread each); return each rank's
+    results, in rank order. A failed run raises with the end of its output."""
+    src = Path(normlab.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(src), str(root)]))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(Path(__file__).with_name("torchrun_script.py")),
+        str(out),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun exited with {done.returncode}:\n{done.stderr[-4000:]}")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
