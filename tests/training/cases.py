@@ -31,6 +31,7 @@ class LayerCase:
     dtype: torch.dtype = torch.float64
     offset: float = 0.0
     fused: bool = False
+    affine: bool = True
     momentum: float | None = 0.1
     steps: int = 2
 
@@ -53,6 +54,7 @@ LAYER_CASES = (
     LayerCase("0+4", (0, 4)),
     LayerCase("4+0 (N, C) cumulative", (4, 0), tail=(5,), momentum=None),
     LayerCase("3+5 in NormAct", (3, 5), fused=True),
+    LayerCase("2+3 without affine", (2, 3), affine=False),
     LayerCase("3+5 float32 about 1000", (3, 5), dtype=torch.float32, offset=1000.0),
     *_random_cases(8),
 )
@@ -74,16 +76,16 @@ def make_layer(case: LayerCase, sync: bool) -> nn.Module:
     weight = 1.0 + 0.5 * torch.randn(channels, generator=g, dtype=torch.float64)
     bias = torch.randn(channels, generator=g, dtype=torch.float64)
     cls = SyncBatchNorm if sync else BatchNorm
-    norm = cls(channels, momentum=case.momentum, affine=not case.fused)
+    norm = cls(channels, momentum=case.momentum, affine=case.affine and not case.fused)
     if case.fused:
         act = Act(channels, "relu")
         layer: nn.Module = NormAct(norm, act)
-        affine = (act.gamma, act.beta)
+        affine = [act.gamma, act.beta]
     else:
-        layer, affine = norm, (norm.weight, norm.bias)
+        layer, affine = norm, [norm.weight, norm.bias] if case.affine else []
     with torch.no_grad():
-        affine[0].copy_(weight)
-        affine[1].copy_(bias)
+        for parameter, value in zip(affine, (weight, bias), strict=False):
+            parameter.copy_(value)
     return layer.to(case.dtype)
 
 
@@ -135,7 +137,7 @@ def layer_worker(info: distributed.DistInfo) -> dict:
 
 # -- one DDP step on a zoo model ------------------------------------------------------------------
 
-MODEL_NORMS = ("gn8+pn", "ln+pn", "bn", "bn+sync")
+MODEL_NORMS = ("gn8+pn", "ln+pn", "bn", "bn+sync", "bn+pn+sync")
 GLOBAL_BATCH = 8
 
 

@@ -91,7 +91,7 @@ def _relative_difference(grads: dict, reference: dict) -> float:
     )
 
 
-@pytest.mark.parametrize("norm", ["gn8+pn", "ln+pn", "bn+sync"])
+@pytest.mark.parametrize("norm", ["gn8+pn", "ln+pn", "bn+sync", "bn+pn+sync"])
 def test_ddp_step_equals_one_process_on_concatenated_batch(ddp_results, norm):
     """DDP's averaged gradients of the per-rank mean loss (equal shares) are the gradients of the
     mean loss over the concatenated batch, to 1e-6 relative; so are the running statistics."""
