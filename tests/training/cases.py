@@ -181,3 +181,34 @@ def reference_step(norm: str) -> dict:
     """The same step in one process on the concatenated batch (plain BatchNorm for bn+sync: with
     one process, normlab's SyncBatchNorm is BatchNorm)."""
     return model_step(make_model(norm), slice(None))
+
+
+# -- a few SGD steps ------------------------------------------------------------------------------
+
+TRAIN_NORMS = ("ln+pn", "bn+sync")
+TRAIN_STEPS = 3
+
+
+def train_steps(model: nn.Module, rank: int, world_size: int) -> dict:
+    """SGD with momentum for :data:`TRAIN_STEPS` steps, each on a new global batch of which this
+    process takes its equal share; the parameters and buffers at the end."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    share = GLOBAL_BATCH // world_size
+    shard = slice(rank * share, (rank + 1) * share)
+    g = torch.Generator().manual_seed(11)
+    for _ in range(TRAIN_STEPS):
+        x = torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 10, (GLOBAL_BATCH,), generator=g)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x[shard]), labels[shard]).backward()
+        optimizer.step()
+    inner = distributed.unwrap(model)
+    state = inner.state_dict()
+    return {n: t.clone() for n, t in state.items() if t.is_floating_point()}
+
+
+def train_worker(info: distributed.DistInfo) -> dict:
+    return {
+        norm: train_steps(distributed.wrap(make_model(norm), info), info.rank, info.world_size)
+        for norm in TRAIN_NORMS
+    }

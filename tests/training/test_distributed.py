@@ -111,6 +111,16 @@ def test_ddp_step_with_per_process_batch_norm_differs(ddp_results):
     assert synced < 1e-9
 
 
+@pytest.mark.parametrize("norm", cases.TRAIN_NORMS)
+def test_sgd_steps_under_ddp_equal_one_process(ranks, norm):
+    """A few SGD steps (momentum, weight decay) leave every rank with the parameters and running
+    statistics of one process trained on the concatenated batches."""
+    reference = cases.train_steps(cases.make_model(norm), 0, 1)
+    for rank in ranks:
+        for name, value in reference.items():
+            _close(rank["train"][norm][name], value, 1e-6)
+
+
 # -- SyncBatchNorm and its conversion in one process ----------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """Launched by the distributed tests with ``python -m torch.distributed.run``: every rank runs the
-helpers of normlab.training.distributed, the SyncBatchNorm cases and one DDP step per norm, and
-saves the results to ``<argv[1]>/rank<R>.pt``."""
+helpers of normlab.training.distributed, the SyncBatchNorm cases, one DDP step per norm and a few
+SGD steps, and saves the results to ``<argv[1]>/rank<R>.pt``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def main(out: Path) -> None:
             "helpers": helpers(info, out),
             "layer": cases.layer_worker(info),
             "ddp": cases.ddp_worker(info),
+            "train": cases.train_worker(info),
         }
         torch.save(results, out / f"rank{info.rank}.pt")
     finally:
