@@ -356,7 +356,7 @@ class Run:
         started = time.perf_counter()
         result = self._train_epoch(epoch)
         train_seconds = time.perf_counter() - started
-        test_loss, test_accuracy = self._evaluate(self.net)
+        test_loss, test_accuracy = self._evaluate(self.module)  # not through DDP: no buffer sync
         ema_accuracy = self._evaluate(self.ema)[1] if self.ema is not None else None
         sums = distributed.all_reduce_sum(
             torch.tensor(
