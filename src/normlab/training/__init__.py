@@ -1,7 +1,7 @@
 """Training: the configuration, the loop, checkpoints, distributed helpers and regularizers.
 
-    from normlab.training import TrainConfig, train
-    summary = train(TrainConfig(model="resnet20", norm="gn8+pn", data="fashion-mnist:DIR"))
+from normlab.training import TrainConfig, train
+summary = train(TrainConfig(model="resnet20", norm="gn8+pn", data="fashion-mnist:DIR"))
 """
 
 from .config import ConfigError, TrainConfig, from_dict, load_yaml

@@ -56,6 +56,7 @@ from .regularizers import (
 
 METRIC_KEYS = (
     "epoch",
+    "train_samples",
     "train_loss",
     "train_accuracy",
     "test_loss",
@@ -192,8 +193,7 @@ class Run:
     def prepare(self) -> None:
         config = self.config
         _check_norm_batch(config)
-        if self.info.is_main:
-            self._prepare_folder()
+        self._on_main(self._prepare_folder)
         common = {"seed": config.seed, "rank": self.info.rank, "world_size": self.info.world_size}
         common |= {"limit": config.limit, "workers": config.workers, "device": self.device}
         self.train_data = TrainBatches(
@@ -284,24 +284,26 @@ class Run:
             )
         ckpt.remove_stale_temporaries(out)
 
-    def _resume(self) -> int:
-        """Load ``last.pt`` when there is one; return the first epoch to run."""
-        path = self.out / "last.pt"
-        saved_config = self.out / "config.yaml"
-        if saved_config.exists():
-            import yaml
+    def _on_main(self, work):
+        """``work()`` on rank 0, its result (or its error, raised on every rank) sent to all."""
+        outcome = None
+        if self.info.is_main:
+            try:
+                outcome = ("ok", work())
+            except ValueError as error:  # ConfigError, CheckpointError
+                outcome = ("error", error)
+        kind, value = distributed.broadcast_object(outcome, self.info)
+        if kind == "error":
+            raise value
+        return value
 
-            differences = config_differences(
-                yaml.safe_load(saved_config.read_text()) or {}, self.resolved
-            )
-            if differences:
-                raise ConfigError(
-                    f"--resume: {self.out} holds a run of another configuration; differing keys: "
-                    + "; ".join(differences)
-                )
-        if not path.exists():
+    def _resume(self) -> int:
+        """Load ``last.pt`` when there is one (read by rank 0, sent to every rank); return the
+        first epoch to run."""
+        state = self._on_main(self._read_checkpoint)
+        if state is None:
             return 0
-        state = ckpt.load_checkpoint(path)
+        path = self.out / "last.pt"
         try:
             self.module.load_state_dict(state["model"])
         except RuntimeError as error:
@@ -316,6 +318,23 @@ class Run:
         self.history = state["history"]
         self.diagnostics = state.get("diagnostics", [])
         return int(state["epoch"]) + 1
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """The run folder's last checkpoint, after checking its configuration is this run's."""
+        path = self.out / "last.pt"
+        saved_config = self.out / "config.yaml"
+        if saved_config.exists():
+            import yaml
+
+            differences = config_differences(
+                yaml.safe_load(saved_config.read_text()) or {}, self.resolved
+            )
+            if differences:
+                raise ConfigError(
+                    f"--resume: {self.out} holds a run of another configuration; differing keys: "
+                    + "; ".join(differences)
+                )
+        return ckpt.load_checkpoint(path) if path.exists() else None
 
     # -- the epochs -----------------------------------------------------------------------------
 
@@ -368,6 +387,7 @@ class Run:
         loss_sum, correct, count, data_seconds = (float(v) for v in sums)
         return {
             "epoch": epoch,
+            "train_samples": int(count),
             "train_loss": loss_sum / count,
             "train_accuracy": correct / count,
             "test_loss": test_loss,
