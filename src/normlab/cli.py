@@ -18,6 +18,7 @@ from . import __version__, models
 from .analyze import AnalyzeConfig, run_analyze
 from .data import SPEC_FORMS
 from .demo import ANALYSES, DemoConfig, run_demo
+from .experiments.command import add_parsers as add_experiment_parsers
 from .layers import (
     PUBLISHED_GAINS,
     activation_gain,
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--flops", action="store_true", help="also count multiply-accumulates")
     zoo.set_defaults(run=cmd_models)
     add_train_parser(commands)
+    add_experiment_parsers(commands)
     plot = commands.add_parser(
         "plot", help="figures of training runs: power through training, training curves"
     )
