@@ -65,10 +65,13 @@ def crop_flip(x: Tensor, padding: int, params: CropFlip) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"crop_flip expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
     N, C, H, W = x.shape
-    if params.dy.shape != (N,):
-        raise ValueError(f"crop_flip: {params.dy.shape[0]} offsets for a batch of {N}")
-    padded = F.pad(x, (padding, padding, padding, padding))
     dy, dx, flipped = (t.to(x.device) for t in params)
+    if dy.shape != (N,) or dx.shape != (N,) or flipped.shape != (N,):
+        raise ValueError(
+            f"crop_flip: offsets and flips of shapes {tuple(dy.shape)}, "
+            f"{tuple(dx.shape)}, {tuple(flipped.shape)} for a batch of {N}"
+        )
+    padded = F.pad(x, (padding, padding, padding, padding))
     i = torch.arange(H, device=x.device)
     j = torch.arange(W, device=x.device)
     rows = dy[:, None] + i  # (N, H)
