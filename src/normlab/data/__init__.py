@@ -16,6 +16,7 @@ from .folder import IMAGENET_STATS, ImageFolder, decode_image, scan_folder
 from .loaders import TrainBatches
 from .readers import (
     CIFAR,
+    GZIP_MAGIC,
     IDX_TYPES,
     SPLITS,
     STATS,
@@ -31,6 +32,7 @@ __all__ = [
     "CIFAR",
     "DATASETS",
     "GAUSSIAN_SIZES",
+    "GZIP_MAGIC",
     "IDX_TYPES",
     "IMAGENET_STATS",
     "SPEC_FORMS",

@@ -61,21 +61,22 @@ def crop_flip_params(
 
 def crop_flip(x: Tensor, padding: int, params: CropFlip) -> Tensor:
     """The windows of ``params`` of the zero-padded batch ``x`` (N, C, H, W), mirrored where
-    flipped: one pad and one gather for the whole batch, no loop over samples."""
+    flipped, for the whole batch at once: the padded batch's (2p+1)² windows are a strided view
+    (unfold, no copy), one advanced index takes sample n's window (dy_n, dx_n), and one
+    ``where`` mirrors the flipped ones. No loop over samples, no host synchronisation."""
     if x.dim() != 4:
         raise ValueError(f"crop_flip expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
-    N, C, H, W = x.shape
-    if params.dy.shape != (N,):
-        raise ValueError(f"crop_flip: {params.dy.shape[0]} offsets for a batch of {N}")
-    padded = F.pad(x, (padding, padding, padding, padding))
+    N, _, H, W = x.shape
     dy, dx, flipped = (t.to(x.device) for t in params)
-    i = torch.arange(H, device=x.device)
-    j = torch.arange(W, device=x.device)
-    rows = dy[:, None] + i  # (N, H)
-    cols = dx[:, None] + torch.where(flipped[:, None], W - 1 - j, j)  # (N, W)
-    n = torch.arange(N, device=x.device)[:, None, None, None]
-    c = torch.arange(C, device=x.device)[None, :, None, None]
-    return padded[n, c, rows[:, None, :, None], cols[:, None, None, :]]
+    if dy.shape != (N,) or dx.shape != (N,) or flipped.shape != (N,):
+        raise ValueError(
+            f"crop_flip: offsets and flips of shapes {tuple(dy.shape)}, {tuple(dx.shape)}, "
+            f"{tuple(flipped.shape)} for a batch of {N}"
+        )
+    padded = F.pad(x, (padding, padding, padding, padding))
+    windows = padded.unfold(2, H, 1).unfold(3, W, 1)  # (N, C, 2p+1, 2p+1, H, W), a view
+    crops = windows.permute(0, 2, 3, 1, 4, 5)[torch.arange(N, device=x.device), dy, dx]
+    return torch.where(flipped[:, None, None, None], crops.flip(-1), crops)
 
 
 def random_crop_flip(
