@@ -85,10 +85,15 @@ def test_two_ranks_partition_the_epoch(cifar, limit, train):
     ranks = [TrainBatches(cifar, "train", 8, rank=r, **kwargs) for r in range(2)]
     n = limit or 100
     seen = [sorted(ranks[r].indices(4)) for r in range(2)]
-    assert len(seen[0]) == len(seen[1]) == ranks[0].num_samples == (n + 1) // 2
     assert set(seen[0]) | set(seen[1]) == set(range(n))
     overlap = set(seen[0]) & set(seen[1])
-    assert len(overlap) == (n % 2)  # DistributedSampler pads an odd epoch with one repeat
+    if train:  # DistributedSampler pads an odd epoch with one repeat, for equal shares
+        assert len(seen[0]) == len(seen[1]) == ranks[0].num_samples == (n + 1) // 2
+        assert len(overlap) == (n % 2)
+    else:  # evaluation: each sample on exactly one rank
+        assert [len(s) for s in seen] == [ranks[0].num_samples, ranks[1].num_samples]
+        assert [len(s) for s in seen] == [(n + 1) // 2, n // 2]
+        assert not overlap
     labels = torch.cat([y for r in range(2) for _, y in ranks[r].epoch(4)])
     data = load_data(cifar, "train", limit)
     expected = data.labels[torch.tensor(seen[0] + seen[1])]
@@ -104,7 +109,7 @@ def test_len_and_num_samples(cifar):
     shard = TrainBatches(cifar, "train", 32, train=True, rank=1, world_size=3)
     assert (len(shard), shard.num_samples) == (1, 32)  # 33 per rank, drop_last
     test = TrainBatches(cifar, "test", 32, train=False, rank=2, world_size=3)
-    assert (len(test), test.num_samples) == (1, 7)  # 20 → 7 per rank, padded
+    assert (len(test), test.num_samples) == (1, 6)  # 20 → 7, 7, 6 per rank, not padded
     assert (train.num_classes, train.in_channels, train.image_size) == (10, 3, 32)
     assert train.classes[0] == "airplane"
 

@@ -9,6 +9,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import normlab
+from normlab.data import TrainBatches
+from normlab.data.loaders import ShardSampler
 from normlab.layers import BatchNorm, EvoNormB0, NormAct, SyncBatchNorm, VarianceNorm
 from normlab.training import distributed
 from normlab.training.distributed import DistInfo
@@ -213,7 +215,6 @@ def test_setup_without_torchrun_is_one_process(no_torchrun):
     assert total.tolist() == [1.0, 2.0]
     assert distributed.broadcast_object({"epoch": 3}, info) == {"epoch": 3}
     distributed.barrier(info)
-    assert distributed.train_sampler(range(4), info) is None
     distributed.cleanup(info)
 
 
@@ -252,11 +253,21 @@ def test_setup_names_the_missing_torchrun_variables(monkeypatch, no_torchrun):
 
 
 def test_shard_sampler_covers_each_index_once():
-    shards = [list(distributed.ShardSampler(7, r, 3)) for r in range(3)]
+    shards = [list(ShardSampler(7, r, 3)) for r in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(7))
     assert [len(s) for s in shards] == [3, 2, 2]
     with pytest.raises(ValueError, match="rank must be in"):
-        distributed.ShardSampler(7, 3, 3)
+        ShardSampler(7, 3, 3)
+
+
+def test_evaluation_batches_repeat_no_sample_across_ranks():
+    shards = [
+        TrainBatches("gaussian:1x2x2", "test", 2, train=False, limit=7, rank=r, world_size=3)
+        for r in range(3)
+    ]
+    indices = [i for shard in shards for i in shard.indices(0)]
+    assert sorted(indices) == list(range(7))
+    assert sum(shard.num_samples for shard in shards) == 7
 
 
 def test_all_reduce_sum_refuses_other_types():

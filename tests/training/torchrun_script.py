@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from normlab.data import TrainBatches
 from normlab.training import distributed
 from tests.training import cases
 
@@ -26,12 +27,11 @@ def helpers(info: distributed.DistInfo, out: Path) -> dict:
         "decision": distributed.broadcast_object({"epoch": 7} if rank == 0 else None, info),
         "wrapped": type(distributed.wrap(nn.Linear(3, 2), info)).__name__,
     }
-    sampler = distributed.train_sampler(list(range(10)), info, seed=3)
-    result["train"] = {}
-    for epoch in (0, 1):
-        sampler.set_epoch(epoch)
-        result["train"][epoch] = list(sampler)
-    result["eval"] = list(distributed.eval_sampler(list(range(7)), info))
+    shard = {"rank": info.rank, "world_size": info.world_size, "limit": 10, "seed": 3}
+    train = TrainBatches("gaussian:1x2x2", "train", 1, train=True, **shard)
+    result["train"] = {epoch: train.indices(epoch) for epoch in (0, 1)}
+    test = TrainBatches("gaussian:1x2x2", "test", 1, train=False, **(shard | {"limit": 7}))
+    result["eval"] = test.indices(0)
     marker = out / "written-by-rank0"
     if info.is_main:
         marker.write_text("checkpoint")

@@ -6,6 +6,8 @@ epoch by epoch, each epoch a pure function of (seed, epoch, rank).
   the ``world_size`` ranks takes every world_size-th index of the epoch's permutation. Without
   ``drop_last`` the permutation is padded with its first indices up to a multiple of
   world_size (so up to world_size − 1 samples are seen twice); with it the tail is dropped.
+  Evaluation without ``drop_last`` takes a :class:`ShardSampler` instead: every sample on
+  exactly one rank, none repeated, so that test metrics summed over ranks count each once.
 * In-memory sets (mnist, fashion-mnist, cifar10, cifar100) hold their uint8 images on
   ``device``; a batch is one index of the whole batch, one vectorized augmentation
   (:func:`~normlab.data.augment.random_crop_flip`) and one normalization. The augmentation of
@@ -32,7 +34,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .._checks import unknown
@@ -126,6 +128,30 @@ class FolderSamples(Dataset):
         return to_uint8_tensor(image), self.folder.samples[index][1]
 
 
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world_size, ...`` of a dataset of ``length``: every sample on
+    exactly one process, none repeated, shares differing by at most one (for evaluation).
+    ``set_epoch`` is accepted and changes nothing (the order is fixed)."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self)
+
+    def set_epoch(self, epoch: int) -> None:
+        del epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
 class TrainBatches:
     """Batches of one split for one epoch at a time, a pure function of (seed, epoch, rank).
 
@@ -180,7 +206,21 @@ class TrainBatches:
         self.device = torch.device(device)
         self.name, _ = parse_spec(dataset_spec)
         self.data = self._open(dataset_spec, split, limit, image_size)
-        self.sampler = DistributedSampler(
+        self.sampler = self._sampler()
+        if len(self) == 0:
+            raise ValueError(
+                f"{dataset_spec} ({split}): rank {rank} of {world_size} has "
+                f"{self.sampler.num_samples} samples, fewer than batch_size {batch_size} with "
+                f"drop_last; lower batch_size or pass drop_last=False"
+            )
+
+    def _sampler(self) -> Sampler[int]:
+        """DistributedSampler for training; for evaluation without drop_last, a shard that
+        repeats no sample (DistributedSampler would pad the last shares with repeats, counting
+        them twice in the test metrics)."""
+        if not self.train and not self.drop_last:
+            return ShardSampler(len(self.data), self.rank, self.world_size)
+        return DistributedSampler(
             self.data,
             num_replicas=self.world_size,
             rank=self.rank,
@@ -188,12 +228,6 @@ class TrainBatches:
             seed=self.seed,
             drop_last=self.drop_last,
         )
-        if len(self) == 0:
-            raise ValueError(
-                f"{dataset_spec} ({split}): rank {rank} of {world_size} has "
-                f"{self.sampler.num_samples} samples, fewer than batch_size {batch_size} with "
-                f"drop_last; lower batch_size or pass drop_last=False"
-            )
 
     def _open(self, spec: str, split: str, limit: int | None, image_size: int | None) -> Dataset:
         if self.name == "folder":

@@ -9,9 +9,8 @@ here is the identity. The loop then
 * wraps the model with :func:`wrap` (DistributedDataParallel, which averages gradients: with equal
   per-process batches and a per-process mean loss, the gradient of the mean loss over the global
   batch);
-* shards the data with :func:`train_sampler` (a DistributedSampler: call ``set_epoch(epoch)``
-  before each epoch so the shuffle differs per epoch and agrees across processes) and
-  :func:`eval_sampler` (each sample on exactly one process, no padding);
+* takes its batches from :class:`~normlab.data.TrainBatches` with this process's rank and world
+  size (a DistributedSampler for training, a non-repeating shard for evaluation);
 * reduces metric *sums* and counts with :func:`all_reduce_sum` before dividing;
 * writes (checkpoints, logs) on the main process only (``info.is_main``), with :func:`barrier`
   before other processes read what it wrote, and shares rank 0's decisions with
@@ -25,7 +24,7 @@ on nccl.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -34,7 +33,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from ..layers import BatchNorm, SyncBatchNorm
 from ..layers.batch_norm import BatchDependentNorm
@@ -269,52 +267,6 @@ def _describe(module: nn.Module) -> str:
 
 
 # -- the data -------------------------------------------------------------------------------------
-
-
-def train_sampler(
-    dataset: Dataset, info: DistInfo, shuffle: bool = True, seed: int = 0, drop_last: bool = False
-) -> DistributedSampler | None:
-    """A DistributedSampler over ``dataset`` for this process, or None for a single process.
-
-    Each epoch's order is a permutation drawn from ``seed + epoch``: call
-    ``sampler.set_epoch(epoch)`` before iterating, on every process. Processes get equal shares:
-    ``drop_last=False`` pads the last share with repeated samples, ``True`` drops the remainder.
-    """
-    if not info.distributed:
-        return None
-    return DistributedSampler(
-        dataset,
-        num_replicas=info.world_size,
-        rank=info.rank,
-        shuffle=shuffle,
-        seed=seed,
-        drop_last=drop_last,
-    )
-
-
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world_size, ...`` of a dataset of ``length``: every sample on
-    exactly one process, none repeated, shares differing by at most one (for evaluation)."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
-        self.length, self.rank, self.world_size = length, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))
-
-
-def eval_sampler(dataset: Dataset, info: DistInfo) -> ShardSampler | None:
-    """A :class:`ShardSampler` for this process, or None for a single process. Evaluate with
-    :func:`unwrap` ``(model)`` (DDP's forward would broadcast buffers, a collective that uneven
-    shares would leave unmatched) and reduce the sums with :func:`all_reduce_sum`."""
-    if not info.distributed:
-        return None
-    return ShardSampler(len(dataset), info.rank, info.world_size)
 
 
 # -- collectives ----------------------------------------------------------------------------------
