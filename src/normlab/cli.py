@@ -18,6 +18,7 @@ from . import __version__, models
 from .analyze import AnalyzeConfig, run_analyze
 from .data import SPEC_FORMS
 from .demo import ANALYSES, DemoConfig, run_demo
+from .experiments.command import add_parsers as add_experiment_parsers
 from .layers import (
     PUBLISHED_GAINS,
     activation_gain,
@@ -28,6 +29,7 @@ from .layers import (
 from .report import ReportFiles
 from .report.html import format_value
 from .scheme import EXAMPLES, scheme, schemes
+from .training.command import add_parser as add_train_parser
 
 
 def _schemes_table() -> Table:
@@ -231,6 +233,15 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace, console: Console) -> int:
+    from .report.training import plot_runs
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "plots"
+    written = plot_runs(args.runs, out)
+    console.print(f"wrote {len(written)} files in {out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normlab",
@@ -277,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--act", default=None, help="activation φ (default: each model's own)")
     zoo.add_argument("--flops", action="store_true", help="also count multiply-accumulates")
     zoo.set_defaults(run=cmd_models)
+    add_train_parser(commands)
+    add_experiment_parsers(commands)
+    plot = commands.add_parser(
+        "plot", help="figures of training runs: power through training, training curves"
+    )
+    plot.add_argument("runs", nargs="+", help="run folders of `normlab train` (several overlay)")
+    plot.add_argument("--out", help="figure folder (default: RUN/plots of the first run)")
+    plot.set_defaults(run=cmd_plot)
     return parser
 
 
@@ -285,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return args.run(args, console)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         Console(stderr=True).print(f"[red]error:[/] {error}", soft_wrap=True, highlight=False)
         return 2
 

@@ -15,6 +15,7 @@ from .group_norm import GroupNorm, InstanceNorm, LayerNorm
 from .norm_act import NormAct
 from .proxy_moments import PUBLISHED_GAINS, activation_gain, proxy_moments
 from .proxy_norm import ProxyNormAct
+from .sync_batch_norm import SyncBatchNorm
 from .weight_space import CWNConv2d, ScaledWSConv2d, WeightSpaceConv2d, WNConv2d, WSConv2d
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Plan",
     "ProxyNormAct",
     "ScaledWSConv2d",
+    "SyncBatchNorm",
     "VarianceNorm",
     "WNConv2d",
     "WSConv2d",

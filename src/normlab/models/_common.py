@@ -139,6 +139,17 @@ class DropPath(nn.Module):
         return f"rate={self.rate}"
 
 
+def set_drop_path(blocks: list[nn.Module], rate: float) -> None:
+    """Stochastic depth on residual blocks with the linear rule of Huang et al. (2016): block l
+    of L drops its branch with probability rate·l/L. Each block applies its ``drop_path``."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
+    if rate == 0.0:
+        return
+    for index, block in enumerate(blocks):
+        block.drop_path = DropPath(rate * (index + 1) / len(blocks))
+
+
 class ClassifierHead(nn.Module):
     """Global average pooling, optional dropout, then a linear classifier."""
 

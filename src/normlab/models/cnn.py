@@ -44,6 +44,7 @@ class PlainCNN(nn.Module):
         config: the layers, each ``channels`` or ``(channels, stride)``.
         norm, act, num_classes, in_channels: as for every normlab model.
         width: multiplier of every layer's channels.
+        dropout: dropout before the classifier.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class PlainCNN(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         width: float = 1.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         L = layers(norm, act, type(self).__name__)
@@ -66,7 +68,7 @@ class PlainCNN(nn.Module):
             features.append(conv_norm_act(L.at("features", index), channels, out, stride))
             channels = out
         self.features = nn.Sequential(*features)
-        self.head = ClassifierHead(channels, num_classes)
+        self.head = ClassifierHead(channels, num_classes, dropout)
         self.num_features = channels
         init_weights(self)
 

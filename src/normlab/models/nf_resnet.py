@@ -38,6 +38,7 @@ from ._common import (
     layers,
     resnet_stem,
     scaled,
+    set_drop_path,
 )
 from .registry import register
 
@@ -76,6 +77,7 @@ class NFBlock(nn.Module):
 
     def _finish(self, L: Layers, in_channels: int, out_channels: int, stride: int, **kw) -> None:
         self.alpha, self.beta = kw["alpha"], kw["beta"]
+        self.drop_path: nn.Module | None = None  # stochastic depth (set_drop_path)
         self.gain = SkipInitGain() if kw["skipinit"] else None
         self.shortcut = None
         if stride != 1 or in_channels != out_channels:
@@ -95,6 +97,8 @@ class NFBlock(nn.Module):
         out = self.branch(pre)
         if self.gain is not None:
             out = self.gain(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         return skip + self.alpha * out
 
     def extra_repr(self) -> str:
@@ -148,6 +152,8 @@ class NFResNet(nn.Module):
         act, num_classes, in_channels, width: as for every normlab model.
         alpha: α, the variance added by each residual branch (0.2).
         skipinit: a learnable scalar gain, initialised at 0, on each residual branch.
+        drop_path_rate: stochastic depth of the last block, linearly increasing from 0.
+        dropout: dropout before the classifier.
 
     ``expected_std`` lists every block's β_l.
     """
@@ -162,6 +168,8 @@ class NFResNet(nn.Module):
         width: float = 1.0,
         alpha: float = DEFAULT_ALPHA,
         skipinit: bool = False,
+        drop_path_rate: float = 0.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not alpha > 0:
@@ -193,9 +201,11 @@ class NFResNet(nn.Module):
                 channels = planes * block.expansion
             self.add_module(name, nn.Sequential(*stage))
         self.num_stages = len(config.depths)
+        stages = [getattr(self, f"layer{index + 1}") for index in range(self.num_stages)]
+        set_drop_path([block for stage in stages for block in stage], drop_path_rate)
         self.final_act = L.norm_act("final_act", channels)
         self.head = ClassifierHead(
-            channels, config.num_classes if num_classes is None else num_classes
+            channels, config.num_classes if num_classes is None else num_classes, dropout
         )
         self.num_features = channels
         init_weights(self)

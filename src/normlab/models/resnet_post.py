@@ -35,6 +35,7 @@ from ._common import (
     init_weights,
     layers,
     scaled,
+    set_drop_path,
 )
 from .registry import register
 from .resnet_v2 import SHORTCUTS, PadShortcut
@@ -63,6 +64,7 @@ class PostActBasicBlock(nn.Module):
         else:
             self.norm2 = L.norm("norm2", planes)
         self.gain = SkipInitGain() if skipinit else None
+        self.drop_path: nn.Module | None = None  # stochastic depth (set_drop_path)
         self.shortcut = self._shortcut(L, in_channels, planes, stride, shortcut)
         self.act = None
         if not act_on_residual:
@@ -91,6 +93,8 @@ class PostActBasicBlock(nn.Module):
         out = self.norm2(out) if self.act is not None else self.norm_act2(out)
         if self.gain is not None:
             out = self.gain(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         out = out + (x if self.shortcut is None else self.shortcut(x))
         return out if self.act is None else self.act(out)
 
@@ -106,6 +110,8 @@ class ResNetPost(nn.Module):
         act_on_residual: put the block's last activation on the residual branch (after its
             normalization) instead of after the addition; needed by ``+pn`` schemes.
         shortcut: "conv" (1×1 conv and normalization, option B) or "pad" (option A).
+        drop_path_rate: stochastic depth of the last block, linearly increasing from 0.
+        dropout: dropout before the classifier.
     """
 
     def __init__(
@@ -119,6 +125,8 @@ class ResNetPost(nn.Module):
         skipinit: bool = False,
         act_on_residual: bool = False,
         shortcut: Literal["conv", "pad"] = "conv",
+        drop_path_rate: float = 0.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
@@ -149,7 +157,9 @@ class ResNetPost(nn.Module):
                 )
                 channels = planes
             self.add_module(name, nn.Sequential(*blocks))
-        self.head = ClassifierHead(channels, num_classes)
+        residual = [b for stage in (self.layer1, self.layer2, self.layer3) for b in stage]
+        set_drop_path(residual, drop_path_rate)
+        self.head = ClassifierHead(channels, num_classes, dropout)
         self.num_features = channels
         init_weights(self)
 

@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..scheme import Scheme
-from ._common import ClassifierHead, Layers, check_width, init_weights, layers, resnet_stem, scaled
+from ._common import (
+    ClassifierHead,
+    Layers,
+    check_width,
+    init_weights,
+    layers,
+    resnet_stem,
+    scaled,
+    set_drop_path,
+)
 from .registry import register
 
 Shortcut = Literal["conv", "pad"]
@@ -121,6 +130,10 @@ class PreActBlock(nn.Module):
     norm_act1: nn.Module
     shortcut: nn.Module | None
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop_path: nn.Module | None = None  # stochastic depth (set_drop_path)
+
     def branch(self, pre: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -132,7 +145,10 @@ class PreActBlock(nn.Module):
             skip = self.shortcut(x)
         else:
             skip = self.shortcut(pre)
-        return skip + self.branch(pre)
+        out = self.branch(pre)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        return skip + out
 
 
 class PreActBasicBlock(PreActBlock):
@@ -207,6 +223,8 @@ class ResNetV2(nn.Module):
         width: multiplier of every stage's channels (and the stem's).
         shortcut: "conv" (1×1 projection of the pre-activated input) or "pad" (option A of
             He et al. 2016a: subsample and zero-pad, no parameters).
+        drop_path_rate: stochastic depth of the last block, linearly increasing from 0.
+        dropout: dropout before the classifier.
     """
 
     def __init__(
@@ -218,6 +236,8 @@ class ResNetV2(nn.Module):
         in_channels: int = 3,
         width: float = 1.0,
         shortcut: Shortcut = "conv",
+        drop_path_rate: float = 0.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if shortcut not in SHORTCUTS:
@@ -248,17 +268,21 @@ class ResNetV2(nn.Module):
                 channels = planes * block.expansion
             self.add_module(name, nn.Sequential(*stage))
         self.num_stages = len(config.depths)
+        set_drop_path([b for s in range(self.num_stages) for b in self.stage(s)], drop_path_rate)
         self.norm_act = L.norm_act("norm_act", channels)
         self.head = ClassifierHead(
-            channels, config.num_classes if num_classes is None else num_classes
+            channels, config.num_classes if num_classes is None else num_classes, dropout
         )
         self.num_features = channels
         init_weights(self)
 
+    def stage(self, index: int) -> nn.Sequential:
+        return getattr(self, f"layer{index + 1}")
+
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for index in range(self.num_stages):
-            x = getattr(self, f"layer{index + 1}")(x)
+            x = self.stage(index)(x)
         return self.norm_act(x)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,16 +1,14 @@
-r"""Dataset readers: MNIST and Fashion-MNIST (IDX files), CIFAR-10/100 (the "python version"
-pickles), and a Gaussian white-noise source, behind one spec string::
+r"""Dataset readers: MNIST and Fashion-MNIST (IDX files) and CIFAR-10/100 (the "python version"
+pickles)::
 
-    load_data("mnist:/data/mnist", split="train", limit=1000)
-    load_data("cifar10:/data/cifar-10-batches-py", split="test")
-    load_data("gaussian")                # N(0, 1) images of shape 3×32×32, random labels
-    load_data("gaussian:1x28x28")
+    read_mnist("/data/mnist", split="train")
+    read_cifar("/data/cifar-10-batches-py", "cifar10", split="test")
 
-The readers return uint8 images (N, C, H, W) and int64 labels (:class:`ImageArrays`);
-:class:`ImageDataset` serves them as float tensors normalized per channel, ((x/255) − mean) / std,
-with each dataset's customary mean and std. Every malformed or missing file raises a ValueError
-that names the file and what was expected. CIFAR pickles are read with an unpickler that only
-rebuilds numpy arrays and plain Python containers: a pickle asking for anything else is refused.
+The readers return uint8 images (N, C, H, W) and int64 labels (:class:`ImageArrays`), with each
+dataset's customary per-channel mean and std in :data:`STATS`. Every malformed or missing file
+raises a ValueError that names the file and what was expected. CIFAR pickles are read with an
+unpickler that only rebuilds numpy arrays and plain Python containers: a pickle asking for
+anything else is refused.
 """
 
 from __future__ import annotations
@@ -18,21 +16,16 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from ._checks import unknown
+from .._checks import unknown
 
 SPLITS = ("train", "test")
-DATASETS = ("gaussian", "mnist", "fashion-mnist", "cifar10", "cifar100")
-SPEC_FORMS = "gaussian, gaussian:CxHxW, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR"
 
 # Per-channel mean and std of the training images in [0, 1].
 STATS = {
@@ -313,145 +306,3 @@ def _check_labels(labels: np.ndarray, classes: int, path: Path) -> None:
 
 def _labels(labels: np.ndarray) -> Tensor:
     return torch.from_numpy(labels.astype(np.int64))
-
-
-# -- datasets --------------------------------------------------------------------------------
-
-
-class ImageDataset(Dataset):
-    """uint8 images served as ((x / 255) − mean) / std float32 tensors, with int labels."""
-
-    def __init__(
-        self,
-        arrays: ImageArrays,
-        mean: Sequence[float],
-        std: Sequence[float],
-        name: str = "images",
-    ) -> None:
-        images = arrays.images
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(
-                f"ImageDataset needs uint8 images (N, C, H, W), got {images.dtype} of shape "
-                f"{tuple(images.shape)}"
-            )
-        if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-            raise ValueError(
-                f"ImageDataset: {images.shape[1]} channels need as many means and stds, got "
-                f"{len(mean)} and {len(std)}"
-            )
-        self.images, self.labels, self.classes, self.name = (
-            images,
-            arrays.labels,
-            arrays.classes,
-            name,
-        )
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        image = self.images[index].float().div_(255.0).sub_(self.mean).div_(self.std)
-        return image, int(self.labels[index])
-
-    def limited(self, limit: int | None) -> ImageDataset:
-        """The first ``limit`` samples (all of them for None)."""
-        if limit is None:
-            return self
-        arrays = ImageArrays(self.images[:limit], self.labels[:limit], self.classes)
-        return ImageDataset(
-            arrays, self.mean.flatten().tolist(), self.std.flatten().tolist(), self.name
-        )
-
-
-class GaussianNoise(Dataset):
-    """White noise: sample i is N(0, 1) of ``shape`` with a uniform label in
-    [0, num_classes), both drawn from a generator seeded by (seed, i): reproducible, and
-    nothing is held in memory."""
-
-    def __init__(
-        self,
-        num_samples: int,
-        shape: Sequence[int] = (3, 32, 32),
-        num_classes: int = 10,
-        seed: int = 0,
-    ) -> None:
-        if num_samples < 1 or num_classes < 1 or not shape or min(shape) < 1:
-            raise ValueError(
-                f"GaussianNoise needs positive num_samples, num_classes and dims, got "
-                f"num_samples={num_samples}, shape={tuple(shape)}, num_classes={num_classes}"
-            )
-        self.num_samples, self.shape, self.seed = num_samples, tuple(shape), seed
-        self.classes = tuple(str(i) for i in range(num_classes))
-        self.name = "gaussian"
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.shape
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        image = torch.randn(self.shape, generator=generator)
-        return image, int(torch.randint(self.num_classes, (), generator=generator))
-
-
-GAUSSIAN_SIZES = {"train": 50_000, "test": 10_000}
-
-
-def load_data(spec: str, split: str = "train", limit: int | None = None) -> Dataset:
-    """The dataset of a spec: ``gaussian``, ``gaussian:CxHxW``, ``mnist:DIR``,
-    ``fashion-mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``; ``split`` "train" or "test";
-    ``limit`` keeps the first samples. The Gaussian source has 50 000 train / 10 000 test
-    samples (different seeds) of shape 3×32×32 unless given."""
-    _split(split)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    if not isinstance(spec, str):
-        raise TypeError(f"a data spec must be a string ({SPEC_FORMS}), got {type(spec).__name__}")
-    name, _, argument = spec.strip().partition(":")
-    name = name.lower()
-    if name not in DATASETS:
-        raise ValueError(f"{unknown('dataset', name, DATASETS)}. Spec forms: {SPEC_FORMS}")
-    if name == "gaussian":
-        size = GAUSSIAN_SIZES[split] if limit is None else min(limit, GAUSSIAN_SIZES[split])
-        return GaussianNoise(size, _shape(argument, spec), seed=SPLITS.index(split))
-    if not argument:
-        raise ValueError(
-            f"data spec {spec!r}: {name} needs its directory, as '{name}:DIR' (DIR holding "
-            + ("the IDX files)" if "mnist" in name else f"{CIFAR[name]['folder']}/)")
-        )
-    if "mnist" in name:
-        arrays = read_mnist(argument, split, dataset=name)
-    else:
-        arrays = read_cifar(argument, name, split)
-    mean, std = STATS[name]
-    return ImageDataset(arrays, mean, std, name).limited(limit)
-
-
-def _shape(argument: str, spec: str) -> tuple[int, ...]:
-    if not argument:
-        return (3, 32, 32)
-    if not re.fullmatch(r"\d+(x\d+)*", argument) or "0" in argument.split("x"):
-        raise ValueError(
-            f"data spec {spec!r}: the gaussian shape must be positive dims joined by 'x', e.g. "
-            f"'gaussian:3x32x32', got {argument!r}"
-        )
-    return tuple(int(d) for d in argument.split("x"))

@@ -1,0 +1,88 @@
+r"""Data specs, one string per dataset::
+
+    load_data("mnist:/data/mnist", split="train", limit=1000)
+    load_data("cifar10:/data/cifar-10-batches-py", split="test")
+    load_data("folder:/data/pets", split="test")  # DIR/train/<class>/*.jpg, DIR/val/<class>/...
+    load_data("gaussian")                # N(0, 1) images of shape 3×32×32, random labels
+    load_data("gaussian:1x28x28")
+
+An unknown dataset name is a ValueError suggesting the closest one and listing the forms.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch.utils.data import Dataset
+
+from .._checks import unknown
+from .datasets import GaussianNoise, ImageDataset
+from .folder import ImageFolder
+from .readers import CIFAR, SPLITS, STATS, _split, read_cifar, read_mnist
+
+DATASETS = ("gaussian", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
+SPEC_FORMS = (
+    "gaussian, gaussian:CxHxW, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, folder:DIR"
+)
+GAUSSIAN_SIZES = {"train": 50_000, "test": 10_000}
+
+
+def load_data(spec: str, split: str = "train", limit: int | None = None) -> Dataset:
+    """The dataset of a spec: ``gaussian``, ``gaussian:CxHxW``, ``mnist:DIR``,
+    ``fashion-mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``, ``folder:DIR``; ``split``
+    "train" or "test"; ``limit`` keeps the first samples (of a folder: ``limit`` samples spread
+    evenly over its sorted classes). The Gaussian source has 50 000 train / 10 000 test samples
+    (different seeds) of shape 3×32×32 unless given. A folder serves its evaluation view at
+    224×224 (see :class:`~normlab.data.ImageFolder`)."""
+    _split(split)
+    _check_limit(limit)
+    name, argument = parse_spec(spec)
+    if name == "gaussian":
+        size = GAUSSIAN_SIZES[split] if limit is None else min(limit, GAUSSIAN_SIZES[split])
+        return GaussianNoise(size, _shape(argument, spec), seed=SPLITS.index(split))
+    if not argument:
+        raise ValueError(
+            f"data spec {spec!r}: {name} needs its directory, as '{name}:DIR' (DIR holding "
+            + _holding(name)
+        )
+    if name == "folder":
+        return ImageFolder(argument, split, limit=limit)
+    if "mnist" in name:
+        arrays = read_mnist(argument, split, dataset=name)
+    else:
+        arrays = read_cifar(argument, name, split)
+    mean, std = STATS[name]
+    return ImageDataset(arrays, mean, std, name).limited(limit)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """The dataset name (lower case, checked) and the argument after the colon ("" if none)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a data spec must be a string ({SPEC_FORMS}), got {type(spec).__name__}")
+    name, _, argument = spec.strip().partition(":")
+    name = name.lower()
+    if name not in DATASETS:
+        raise ValueError(f"{unknown('dataset', name, DATASETS)}. Spec forms: {SPEC_FORMS}")
+    return name, argument
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+
+
+def _holding(name: str) -> str:
+    if name == "folder":
+        return "train/ and val/ class folders)"
+    return "the IDX files)" if "mnist" in name else f"{CIFAR[name]['folder']}/)"
+
+
+def _shape(argument: str, spec: str) -> tuple[int, ...]:
+    if not argument:
+        return (3, 32, 32)
+    if not re.fullmatch(r"\d+(x\d+)*", argument) or 0 in map(int, argument.split("x")):
+        raise ValueError(
+            f"data spec {spec!r}: the gaussian shape must be positive dims joined by 'x', e.g. "
+            f"'gaussian:3x32x32', got {argument!r}"
+        )
+    return tuple(int(d) for d in argument.split("x"))

@@ -1,0 +1,116 @@
+r"""The papers' diagnostics through training, on a fixed probe batch.
+
+At initialisation and every ``diagnostics_every`` epochs the loop records, on the same probe
+batch (the first test images, without augmentation) and in evaluation mode (running statistics,
+no dropout, no side effect on the model):
+
+* the power decomposition P1..P4 of every normalization step's output ỹ (PN paper Eq. 5) and its
+  collapse measures — Fig. 2's bottom row is these fractions against depth, epoch by epoch;
+* the signal propagation (squared mean, variance, residual-branch variance per block) where the
+  model has residual blocks (Brock et al. 2021a);
+* the cosine similarity and stable rank of the penultimate features, the classifier's input
+  (Lubana et al. 2021).
+
+Each record is one line of the run folder's ``diagnostics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..diagnostics import (
+    collapse_measures,
+    cosine_similarity,
+    power_profile,
+    signal_layout,
+    signal_propagation,
+    stable_rank,
+)
+
+PROBE_SIZE = 64
+
+
+def _classifier(model: nn.Module) -> nn.Linear | None:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def penultimate_features(model: nn.Module, x: Tensor) -> Tensor | None:
+    """The input of the model's last linear layer for the batch ``x`` (None without one)."""
+    classifier = _classifier(model)
+    if classifier is None:
+        return None
+    captured: list[Tensor] = []
+    handle = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return captured[0].detach().flatten(1).double()
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _power(model: nn.Module, x: Tensor) -> dict[str, Any]:
+    profile = power_profile(model, x)
+    layers, fractions = [], {term: [] for term in ("p1", "p2", "p3", "p4")}
+    collapse = []
+    for name, decomposition in profile:
+        layers.append(name)
+        for term, value in decomposition.fractions().items():
+            fractions[term].append(_finite_or_none(value))
+        try:
+            measures = collapse_measures(decomposition)
+            collapse.append(
+                {
+                    "collapsed_fraction": measures.collapsed_fraction,
+                    "channel_imbalance": _finite_or_none(measures.channel_imbalance),
+                    "effective_width": measures.effective_width,
+                }
+            )
+        except ValueError:  # a layer of zero power: nothing to measure
+            collapse.append(None)
+    return {"layers": layers, "fractions": fractions, "collapse": collapse}
+
+
+def _signal(model: nn.Module, x: Tensor) -> dict[str, Any] | None:
+    try:
+        signal_layout(model)
+    except ValueError:  # no residual blocks
+        return None
+    spp = signal_propagation(model, x)
+    return {
+        "names": spp.names,
+        "depth": spp.depth,
+        "squared_mean": spp.squared_mean,
+        "variance": spp.variance,
+        "branch_variance": spp.branch_variance,
+    }
+
+
+def _features(model: nn.Module, x: Tensor) -> dict[str, float] | None:
+    features = penultimate_features(model, x)
+    if features is None or features.shape[0] < 2 or not bool(features.abs().sum() > 0):
+        return None
+    return {"cosine_similarity": cosine_similarity(features), "stable_rank": stable_rank(features)}
+
+
+@torch.no_grad()
+def snapshot(model: nn.Module, x: Tensor, epochs_done: int) -> dict[str, Any]:
+    """The diagnostics of ``model`` on the probe batch ``x`` after ``epochs_done`` epochs."""
+    was_training = model.training
+    model.eval()
+    try:
+        record: dict[str, Any] = {"epochs_done": epochs_done}
+        record["power"] = _power(model, x)
+        record["signal"] = _signal(model, x)
+        record["features"] = _features(model, x)
+    finally:
+        model.train(was_training)
+    return record

@@ -1,0 +1,34 @@
+"""The data-speed benchmark script runs end to end on a tiny generated CIFAR folder (it is not a
+timed test)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "data_speed.py"
+
+
+@pytest.fixture(scope="module")
+def data_speed():
+    spec = importlib.util.spec_from_file_location("data_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_speed_table(data_speed, tmp_path):
+    spec = data_speed.write_cifar(tmp_path, samples=20)
+    times = data_speed.measure(spec, 4, rounds=6, warmup=0, device=torch.device("cpu"))
+    assert list(times) == ["data", "step"]
+    assert all(t > 0 for t in times.values())
+    lines = []
+    data_speed.report([("tiny", (4, 3, 32, 32), times)], markdown=True, say=lines.append)
+    assert lines[0].startswith("| data | batch | data ms | step ms | data / step |")
+    assert lines[-1].startswith("| tiny | (4, 3, 32, 32) |")
+    assert lines[-1].endswith("% |")
+    found = data_speed.datasets(tmp_path / "more", 10, cifar=None)
+    assert found[0][0] == "CIFAR-shaped (10 generated)"
