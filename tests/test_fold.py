@@ -7,7 +7,6 @@ SkipInit gains drawn at random), so that a wrong fold cannot pass by matching an
 from __future__ import annotations
 
 import copy
-import io
 import logging
 
 import pytest
@@ -417,11 +416,37 @@ def test_folded_imagenet_models_export_to_standard_onnx(name, spec, quiet_export
         assert relative_error(out, model(x)) <= 1e-4
 
 
-def test_onnx_bytes_round_trip(quiet_exporter):
-    """The exported model serialises and loads back (what a deployment does)."""
+@pytest.mark.slow
+def test_the_exported_file_loads_back(tmp_path, quiet_exporter):
+    """The exported model serialises to a file and loads back (what a deployment does)."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     folded = normlab.fold(build("resnet20", "ln+pn"))
-    buffer = io.BytesIO()
-    torch.onnx.export(folded, (model_input("resnet20"),), buffer, dynamo=True, verbose=False)
-    standard_ops(onnx.load_from_string(buffer.getvalue()))
+    path = tmp_path / "resnet20.onnx"
+    torch.onnx.export(folded, (model_input("resnet20"),), path, dynamo=True, verbose=False)
+    standard_ops(onnx.load(path))
+
+
+@pytest.mark.parametrize("spec", ["gn8+pn", "bn+pn", "bn"])
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_gradients_through_the_folded_model_equal_the_eval_model(spec, act):
+    """With gradients recorded, the in-place parts run out of place: input gradients match."""
+    model = build("resnet20", spec, act).double().eval()
+    folded = normlab.fold(model)
+    x = model_input("resnet20", torch.float64).requires_grad_()
+    (grad_eval,) = torch.autograd.grad(model(x).square().sum(), x)
+    (grad_folded,) = torch.autograd.grad(folded(x).square().sum(), x)
+    assert relative_error(grad_folded, grad_eval) <= 1e-10
+
+
+def test_in_place_parts_never_overwrite_a_shared_input():
+    """A fold at the block input (read by the shortcut too) must not overwrite it."""
+    model = build("resnet20", "bn+pn").eval()
+    folded = normlab.fold(model)
+    x = model_input("resnet20")
+    before = x.clone()
+    with torch.no_grad():
+        assert relative_error(folded(x), model(x)) <= 1e-5
+    assert torch.equal(x, before)
+    inplace = [m for m in folded.modules() if getattr(m, "inplace", False)]
+    assert inplace

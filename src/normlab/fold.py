@@ -76,7 +76,18 @@ PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # -- the folded model's own modules ---------------------------------------------------------------
 
 
-class ChannelAffine(nn.Module):
+class _Pointwise(nn.Module):
+    """A per-channel map that may overwrite its input: ``inplace`` is set by :func:`fold` where
+    the input is a fresh intermediate that nothing else reads (a conv's, a normalizer's or a φ's
+    output), and used only when no gradient is recorded through it (inference)."""
+
+    inplace = False
+
+    def overwrites(self, x: Tensor) -> bool:
+        return self.inplace and not (torch.is_grad_enabled() and x.requires_grad)
+
+
+class ChannelAffine(_Pointwise):
     """x·weight + bias with constant per-channel weight and bias (buffers), for (N, C, *)."""
 
     def __init__(self, weight: Tensor, bias: Tensor) -> None:
@@ -85,13 +96,16 @@ class ChannelAffine(nn.Module):
         self.register_buffer("bias", bias.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * channel_view(self.weight, x.dim()) + channel_view(self.bias, x.dim())
+        weight, bias = channel_view(self.weight, x.dim()), channel_view(self.bias, x.dim())
+        if self.overwrites(x):
+            return x.mul_(weight).add_(bias)
+        return x * weight + bias
 
     def extra_repr(self) -> str:
-        return str(self.weight.numel())
+        return f"{self.weight.numel()}, inplace={self.inplace}"
 
 
-class ChannelMax(nn.Module):
+class ChannelMax(_Pointwise):
     """max(x, c) with a constant per-channel threshold c (buffer): relu-PN once its affine is in
     the normalizer (z = max(u, c)), or a TLU."""
 
@@ -100,13 +114,16 @@ class ChannelMax(nn.Module):
         self.register_buffer("threshold", threshold.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.maximum(x, channel_view(self.threshold, x.dim()))
+        threshold = channel_view(self.threshold, x.dim())
+        if self.overwrites(x):
+            return x.clamp_min_(threshold)
+        return torch.maximum(x, threshold)
 
     def extra_repr(self) -> str:
-        return str(self.threshold.numel())
+        return f"{self.threshold.numel()}, inplace={self.inplace}"
 
 
-class Gain(nn.Module):
+class Gain(_Pointwise):
     """x·g with a constant scalar g: the gained activation of normalizer-free networks."""
 
     def __init__(self, gain: float) -> None:
@@ -114,10 +131,20 @@ class Gain(nn.Module):
         self.gain = float(gain)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.gain
+        return x.mul_(self.gain) if self.overwrites(x) else x * self.gain
 
     def extra_repr(self) -> str:
-        return f"{self.gain:.6f}"
+        return f"{self.gain:.6f}, inplace={self.inplace}"
+
+
+def _chain(parts: list[nn.Module], fresh_input: bool) -> list[nn.Module]:
+    """``parts`` to run in turn, each overwriting its input where that input is fresh: the
+    output of the part before it, or the chain's input when ``fresh_input``."""
+    for index, part in enumerate(parts):
+        overwritable = isinstance(part, _Pointwise) or type(part) is nn.ReLU
+        if overwritable and (index or fresh_input):
+            part.inplace = True
+    return parts
 
 
 class Phi(nn.Module):
@@ -200,11 +227,13 @@ class _Fold:
         return self.head is None and (self.scale is not None or self.shift is not None)
 
     def modules(self) -> list[nn.Module]:
+        """The parts, for an input that other modules may read too."""
         if self.head is not None:
-            return [self.head, *self.tail]
+            return _chain([self.head, *self.tail], fresh_input=False)
         if not self.is_affine:
-            return list(self.tail)
-        return [ChannelAffine(*_full_affine(self.scale, self.shift)), *self.tail]
+            return _chain(list(self.tail), fresh_input=False)
+        affine = ChannelAffine(*_full_affine(self.scale, self.shift))
+        return _chain([affine, *self.tail], fresh_input=False)
 
 
 def _full_affine(scale: Tensor | None, shift: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -469,7 +498,7 @@ def _fold_graph(gm: fx.GraphModule, report: FoldReport) -> None:
             )
             done.add(str(conv.target))
             report.folded[f"{conv.target} + {path}"] = f"Conv → {_describe(folded.tail)}"
-            _place(gm, node, folded.tail)
+            _place(gm, node, _chain(folded.tail, fresh_input=True))
             continue
         parts = folded.modules()
         report.folded[path] = _describe(parts)
