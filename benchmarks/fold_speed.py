@@ -12,7 +12,8 @@ For ResNet-50 and EfficientNet-B0 (full width) it times one evaluation-mode forw
 Candidates run interleaved, round after round, and each one's median over the rounds is
 reported, so that drifts of the machine (frequency, other processes) hit all of them alike.
 
-    python benchmarks/fold_speed.py [--quick] [--size 128] [--batch 8] [--rounds 15] [--markdown]
+    python benchmarks/fold_speed.py [--quick] [--size 128] [--batch 8] [--rounds 15] [--threads 1]
+        [--markdown]
 """
 
 from __future__ import annotations
@@ -114,8 +115,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="batch size (8)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (15)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (torch's)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     size = 64 if args.quick else args.size
     rounds = args.rounds or (5 if args.quick else 15)

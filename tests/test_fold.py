@@ -428,7 +428,7 @@ def test_the_exported_file_loads_back(tmp_path, quiet_exporter):
 
 
 @pytest.mark.parametrize("spec", ["gn8+pn", "bn+pn", "bn"])
-@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("act", ["relu", "silu", "tanh"])
 def test_gradients_through_the_folded_model_equal_the_eval_model(spec, act):
     """With gradients recorded, the in-place parts run out of place: input gradients match."""
     model = build("resnet20", spec, act).double().eval()

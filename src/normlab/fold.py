@@ -137,11 +137,15 @@ class Gain(_Pointwise):
         return f"{self.gain:.6f}, inplace={self.inplace}"
 
 
+# torch's φ modules with an in-place form that autograd differentiates
+_IN_PLACE_PHI = (nn.ReLU, nn.SiLU, nn.ELU, nn.LeakyReLU)
+
+
 def _chain(parts: list[nn.Module], fresh_input: bool) -> list[nn.Module]:
     """``parts`` to run in turn, each overwriting its input where that input is fresh: the
     output of the part before it, or the chain's input when ``fresh_input``."""
     for index, part in enumerate(parts):
-        overwritable = isinstance(part, _Pointwise) or type(part) is nn.ReLU
+        overwritable = isinstance(part, _Pointwise) or type(part) in _IN_PLACE_PHI
         if overwritable and (index or fresh_input):
             part.inplace = True
     return parts
