@@ -49,6 +49,7 @@ from .layers import (
     BatchNorm,
     CWNConv2d,
     EvoNormB0,
+    EvoNormS0,
     FilterResponseNorm,
     GainedAct,
     GroupNorm,
@@ -363,6 +364,8 @@ def _why_kept(norm: nn.Module) -> str:
         return f"{name}'s built-in nonlinearity depends on each input's statistics"
     if getattr(norm, "track_running_stats", True) is False:
         return f"{name} without running statistics normalizes by batch statistics in evaluation"
+    if isinstance(norm, EvoNormS0):
+        return f"{name} normalizes by each sample's group statistics; it is already one layer"
     return f"normlab cannot fold {name}"
 
 
