@@ -365,11 +365,16 @@ def test_hypothesis_a_block_folds_exactly(spec, act, conv_groups, seed):
 # -- ONNX ----------------------------------------------------------------------------------------
 
 
-def export_and_run(folded: nn.Module, x: torch.Tensor):
+def export_and_run(folded: nn.Module, x: torch.Tensor, no_grad: bool = False):
+    """Export (with gradients off and frozen parameters where ``no_grad``: the in-place path of
+    the per-channel parts) and run in onnxruntime."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    program = torch.onnx.export(folded, (x,), dynamo=True, verbose=False)
+    if no_grad:
+        folded.requires_grad_(False)
+    with torch.set_grad_enabled(not no_grad):
+        program = torch.onnx.export(folded, (x,), dynamo=True, verbose=False)
     proto = program.model_proto
     onnx.checker.check_model(proto)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -391,16 +396,18 @@ def quiet_exporter():
 
 
 @pytest.mark.parametrize(
-    ("name", "spec", "act", "expected"),
+    ("name", "spec", "act", "expected", "no_grad"),
     [
-        ("resnet20", "gn8+pn", None, {"Conv", "Max"}),
-        ("cnn10", "bn+pn", "gelu", {"Conv", "Gelu", "Mul", "Add"}),
+        ("resnet20", "gn8+pn", None, {"Conv", "Max"}, False),
+        ("cnn10", "bn+pn", "gelu", {"Conv", "Gelu", "Mul", "Add"}, True),
     ],
 )
-def test_the_folded_model_exports_to_standard_onnx(name, spec, act, expected, quiet_exporter):
+def test_the_folded_model_exports_to_standard_onnx(
+    name, spec, act, expected, no_grad, quiet_exporter
+):
     model = build(name, spec, act).eval()
     x = model_input(name)
-    proto, out = export_and_run(normlab.fold(model), x)
+    proto, out = export_and_run(normlab.fold(model), x, no_grad)
     ops = standard_ops(proto)
     assert expected <= ops, ops
     with torch.no_grad():
