@@ -18,6 +18,7 @@ from torch import nn
 import normlab
 from normlab import layers
 from normlab.fold import ChannelAffine, ChannelMax, FoldReport, Gain, Phi
+from normlab.models._common import ChannelScale
 from tests.models.helpers import small
 
 UNFOLDED = (
@@ -29,6 +30,7 @@ UNFOLDED = (
     layers.WeightSpaceConv2d,
     nn.BatchNorm1d,
     nn.BatchNorm2d,
+    ChannelScale,  # EfficientNet's projection scale under +pn, folded into its normalizer
 )
 
 

@@ -65,6 +65,7 @@ from .layers import (
     get_activation,
 )
 from .layers.activations import LEAKY_RELU_SLOPE, Activation
+from .models._common import ChannelScale
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +420,8 @@ def _plain_conv(
 
 
 class _Tracer(fx.Tracer):
-    """Normalizations, activation steps and convs are leaves; with ``opaque``, so is every
+    """Normalizations, activation steps, convs and per-channel scales are leaves; with
+    ``opaque``, so is every
     module without one inside. Parameters are read as their values, so that what depends on
     parameters alone is computed once, at trace time, into a constant."""
 
@@ -428,7 +430,9 @@ class _Tracer(fx.Tracer):
         self.opaque = opaque
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if _is_unit(m) or _is_conv(m) or super().is_leaf_module(m, module_qualified_name):
+        if _is_unit(m) or _is_conv(m) or isinstance(m, ChannelScale):
+            return True
+        if super().is_leaf_module(m, module_qualified_name):
             return True
         return self.opaque and not any(_is_unit(sub) or _is_conv(sub) for sub in m.modules())
 
@@ -516,9 +520,51 @@ def _fold_graph(gm: fx.GraphModule, report: FoldReport) -> None:
             done.add(path)
             _set_module(gm, path, _plain_conv(modules[node.target]))
             report.folded[path] = "Conv2d holding the effective weight"
+    _absorb_channel_scales(gm, report)
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
+
+
+def _absorb_channel_scales(gm: fx.GraphModule, report: FoldReport) -> None:
+    """Fold each per-channel scale (the zoo's :class:`ChannelScale`, as EfficientNet's
+    projection under +pn has) into the GroupNorm, conv or affine that alone feeds it."""
+    modules = dict(gm.named_modules())
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or type(modules[node.target]) is not ChannelScale:
+            continue
+        source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not isinstance(source, fx.Node) or source.op != "call_module":
+            continue
+        if len(source.users) != 1 or calls[source.target] != 1 or calls[node.target] != 1:
+            continue
+        scaled = _scaled(modules[source.target], modules[node.target].weight.detach())
+        if scaled is None:
+            continue
+        _set_module(gm, str(source.target), scaled)
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+        report.folded[str(node.target)] = f"ChannelScale folded into {source.target}"
+
+
+def _scaled(module: nn.Module, scale: Tensor) -> nn.Module | None:
+    """``module`` followed by x·scale per channel, as one module of its kind (or None)."""
+    if type(module) is nn.GroupNorm:
+        weight = scale if module.weight is None else module.weight * scale
+        bias = None if module.bias is None else module.bias * scale
+        target = nn.GroupNorm(module.num_groups, module.num_channels, module.eps)
+        target = target.to(device=weight.device, dtype=weight.dtype)
+        target.weight.data.copy_(weight)
+        target.bias.data.copy_(torch.zeros_like(weight) if bias is None else bias)
+        return target
+    if type(module) in PLAIN_CONVS:
+        return _plain_conv(module, scale, None)
+    if type(module) is ChannelAffine:
+        target = ChannelAffine(module.weight * scale, module.bias * scale)
+        target.inplace = module.inplace
+        return target
+    return None
 
 
 # -- the entry point ------------------------------------------------------------------------------
