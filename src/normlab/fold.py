@@ -17,7 +17,9 @@ constants folded into standard layers:
   convs contribute their effective weight). Then the tail: φ, the PN threshold max, or φ and
   PN's affine. Where no convolution feeds it alone, the affine stays as a :class:`ChannelAffine`.
 * A weight-space conv (WS, SWS, WN, CWN) becomes an :class:`torch.nn.Conv2d` holding its
-  effective weight; FRN + TLU becomes FRN holding γ, β, then the TLU's threshold max.
+  effective weight; FRN + TLU becomes FRN holding γ, β, then the TLU's threshold max; the
+  zoo's per-channel scale after a normalizer without shift (EfficientNet's projection under
+  +pn) goes into that GroupNorm's affine or conv.
 * EvoNorm-B0/S0 with their nonlinearity, a BatchNorm without running statistics and activation
   steps normlab does not know stay as they are; :class:`FoldReport` lists them.
 
@@ -25,9 +27,14 @@ constants folded into standard layers:
 conv's output and nothing else uses it, and neither module is called at another place. The
 trace evaluates whatever depends on parameters alone (such as EfficientNet's squeeze-excite, which
 reads PN's scale) into constants. The result is a :class:`torch.fx.GraphModule` of standard
-modules (Conv2d, GroupNorm, torch activations, and the two per-channel modules here, which export
-to ONNX as Max, Mul and Add). A model in training mode is folded as its evaluation-mode function;
+modules (Conv2d, GroupNorm, torch activations, and the small per-channel modules here, which
+export to ONNX as Max, Mul and Add). A model in training mode is folded as its evaluation-mode function;
 the input model is never modified. Hooks registered on replaced modules are not carried over.
+
+Where its input is a fresh intermediate that nothing else reads (a conv's, a normalizer's or a
+φ's output), a per-channel part overwrites it when no gradient is recorded through it, and torch's
+relu, silu, elu and leaky relu run in place (which autograd supports): inference allocates no
+more than the unfolded model, and gradients through the folded model stay exact.
 """
 
 from __future__ import annotations
