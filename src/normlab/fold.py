@@ -28,8 +28,8 @@ conv's output and nothing else uses it, and neither module is called at another 
 trace evaluates whatever depends on parameters alone (such as EfficientNet's squeeze-excite, which
 reads PN's scale) into constants. The result is a :class:`torch.fx.GraphModule` of standard
 modules (Conv2d, GroupNorm, torch activations, and the small per-channel modules here, which
-export to ONNX as Max, Mul and Add). A model in training mode is folded as its evaluation-mode function;
-the input model is never modified. Hooks registered on replaced modules are not carried over.
+export to ONNX as Max, Mul and Add). A model in training mode is folded as its evaluation-mode
+function; the input model is never modified. Hooks on replaced modules are not carried over.
 
 Where its input is a fresh intermediate that nothing else reads (a conv's, a normalizer's or a
 φ's output), a per-channel part overwrites it when no gradient is recorded through it, and torch's
