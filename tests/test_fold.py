@@ -466,3 +466,24 @@ def test_in_place_parts_never_overwrite_a_shared_input():
     assert torch.equal(x, before)
     inplace = [m for m in folded.modules() if getattr(m, "inplace", False)]
     assert inplace
+
+
+def test_a_timm_resnet_folds_its_batch_norms_into_the_convs():
+    """A model normlab did not build: torch's Conv2d → BatchNorm2d pairs of timm's ResNet-18 fold
+    into the convs; a BatchNorm2d subclass it does not know (timm's BatchNormAct2d) is kept."""
+    from tests.timm_support import import_timm
+
+    timm = import_timm()
+    if timm is None:
+        pytest.skip("timm is not installed")
+    torch.manual_seed(0)
+    model = randomize(timm.create_model("resnet18", pretrained=False, num_classes=10))
+    folded = check_fold(model, torch.randn(2, 3, 64, 64), tolerance=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert len(folded.fold_report.folded) == 20
+
+    torch.manual_seed(0)
+    mobile = randomize(timm.create_model("mobilenetv3_small_100", pretrained=False))
+    folded = check_fold(mobile, torch.randn(2, 3, 64, 64), tolerance=1e-5)
+    assert folded.fold_report.kept
+    assert all("BatchNormAct2d" in why for why in folded.fold_report.kept.values())
