@@ -235,13 +235,30 @@ def check_model(name: str, specs: list[str]) -> None:
                 assert torch.equal(value, before[b_name]), f"{name} {spec}: {b_name} changed"
 
 
-@pytest.mark.parametrize("name", normlab.models.names())
-def test_every_zoo_model_takes_an_empty_batch(name):
+# one model of each family in the default run; every model under every normalizer in the slow one
+FAMILIES = ["resnet20", "resnet50", "resnext50_32x4d", "efficientnet_b0", "efficientnet_g16_b0"]
+FAMILIES += ["cnn10", "resnet56_post", "nf_resnet20", "nf_resnet26", "random_net"]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_families_are_registered_models():
+    assert set(FAMILIES) <= set(normlab.models.names())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_zoo_family_takes_an_empty_batch(name, one_thread):
     """Train and eval, grad on and off, under bn, gn8+pn and nf."""
     check_model(name, MODEL_SPECS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", normlab.models.names())
-def test_every_zoo_model_takes_an_empty_batch_under_every_normalizer(name):
+def test_every_zoo_model_takes_an_empty_batch_under_every_normalizer(name, one_thread):
     check_model(name, ALL_MODEL_SPECS)
