@@ -8,11 +8,13 @@ Quick use::
     mean, var = normlab.proxy_moments("relu", gamma, beta)   # exact proxy moments
     model = normlab.models.create("resnet50", norm="ln+pn")  # a model zoo built from schemes
     model = normlab.convert(torchvision_resnet, norm="gn8+pn")  # BN (+ act) -> the scheme
+    deployed = normlab.fold(model)   # eval-mode copy: plain Conv/GroupNorm/φ, PN at no cost
 """
 
 from . import layers, models
 from ._checks import set_finite_checks
 from .convert import convert
+from .fold import fold
 from .layers import activation_gain, proxy_moments
 from .layers.compiled import set_compiled_kernels
 from .scheme import Scheme, SchemeForm, scheme, schemes
@@ -25,6 +27,7 @@ __all__ = [
     "__version__",
     "activation_gain",
     "convert",
+    "fold",
     "layers",
     "models",
     "proxy_moments",

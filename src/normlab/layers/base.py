@@ -29,6 +29,13 @@ def apply_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tenso
     return y
 
 
+def empty_batch(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The output for an empty input (numel 0, e.g. a batch of N = 0): an empty tensor of
+    x's shape, computed as x·weight + bias so that autograd reaches x, weight and bias and their
+    gradients are (empty or) exactly zero. No statistics are computed or updated."""
+    return apply_affine(x.clone(), weight, bias)
+
+
 class Normalization(nn.Module):
     """Base class of the normalization step, for (N, C, *spatial) inputs.
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import channel_view, check_positive_int
-from .base import Normalization, apply_affine
+from .base import Normalization, apply_affine, empty_batch
 
 _SMALL_BATCH_HINT = (
     "use a larger batch (or normalization batch), or a batch-independent scheme such as "
@@ -54,6 +54,13 @@ class BatchDependentNorm(Normalization):
     @property
     def uses_batch_statistics(self) -> bool:
         return self.training or not self.track_running_stats
+
+    def is_empty_batch(self, x: Tensor) -> bool:
+        """An input without values (a batch of N = 0) in a forward that would use batch
+        statistics: it gets an empty output and leaves the running statistics, including
+        ``num_batches_tracked``, unchanged (torch's BatchNorm2d counts such a batch, which would
+        skew the cumulative average of ``momentum=None``)."""
+        return x.numel() == 0 and self.uses_batch_statistics
 
     @property
     def updates_running_stats(self) -> bool:
@@ -129,6 +136,8 @@ class BatchNorm(BatchDependentNorm):
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         self.check_input(x)
+        if self.is_empty_batch(x):
+            return empty_batch(x, weight, bias)
         if not self.uses_batch_statistics:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
@@ -206,6 +215,8 @@ class VarianceNorm(BatchDependentNorm):
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         self.check_input(x)
+        if self.is_empty_batch(x):
+            return empty_batch(x, weight, bias)
         if self.uses_batch_statistics:
             self.check_values_per_channel(x, x.shape[0])
             var = batch_variance(self, x)

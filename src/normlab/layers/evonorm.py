@@ -16,11 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import channel_view, check_several_values
-from .base import Normalization, apply_affine
+from .base import Normalization, apply_affine, empty_batch
 from .batch_norm import BatchDependentNorm, batch_variance
 from .group_norm import resolve_groups
 
 DEFAULT_GROUPS = 32
+
+
+def _empty_evonorm(
+    layer: EvoNormB0 | EvoNormS0, x: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> Tensor:
+    """The empty output of an input without values, through v too (for its zero gradient)."""
+    y = x * channel_view(layer.v, x.dim()) if layer.nonlinear else x
+    return empty_batch(y, weight, bias)
 
 
 class EvoNormB0(BatchDependentNorm):
@@ -45,6 +53,8 @@ class EvoNormB0(BatchDependentNorm):
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         self.check_input(x)
+        if x.numel() == 0:
+            return _empty_evonorm(self, x, weight, bias)
         if self.uses_batch_statistics:
             self.check_values_per_channel(x, x.shape[0])
             var = batch_variance(self, x)
@@ -91,7 +101,11 @@ class EvoNormS0(Normalization):
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         self.check_input(x)
-        grouped = x.reshape(x.shape[0], self.num_groups, -1)
+        if x.numel() == 0:
+            return _empty_evonorm(self, x, weight, bias)
+        # the group's size spelt out: -1 cannot be inferred for an empty batch
+        per_group = x.shape[1:].numel() // self.num_groups
+        grouped = x.reshape(x.shape[0], self.num_groups, per_group)
         check_several_values(type(self).__name__, x, grouped.shape[-1])
         var = torch.var(grouped, dim=-1, correction=0, keepdim=True)
         numerator = x * torch.sigmoid(x * channel_view(self.v, x.dim())) if self.nonlinear else x
