@@ -29,6 +29,12 @@ def apply_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tenso
     return y
 
 
+def is_empty(x: Tensor) -> bool:
+    """Whether ``x`` holds no value (a batch of N = 0). Always False while torch.jit.trace
+    records, where ``numel`` is a traced value: traces run on real batches."""
+    return not torch.jit.is_tracing() and x.numel() == 0
+
+
 def empty_batch(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """The output for an empty input (numel 0, e.g. a batch of N = 0): an empty tensor of
     x's shape, computed as x·weight + bias so that autograd reaches x, weight and bias and their

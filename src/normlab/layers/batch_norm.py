@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import channel_view, check_positive_int
-from .base import Normalization, apply_affine, empty_batch
+from .base import Normalization, apply_affine, empty_batch, is_empty
 
 _SMALL_BATCH_HINT = (
     "use a larger batch (or normalization batch), or a batch-independent scheme such as "
@@ -60,7 +60,7 @@ class BatchDependentNorm(Normalization):
         statistics: it gets an empty output and leaves the running statistics, including
         ``num_batches_tracked``, unchanged (torch's BatchNorm2d counts such a batch, which would
         skew the cumulative average of ``momentum=None``)."""
-        return x.numel() == 0 and self.uses_batch_statistics
+        return is_empty(x) and self.uses_batch_statistics
 
     @property
     def updates_running_stats(self) -> bool:

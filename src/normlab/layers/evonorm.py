@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import channel_view, check_several_values
-from .base import Normalization, apply_affine, empty_batch
+from .base import Normalization, apply_affine, empty_batch, is_empty
 from .batch_norm import BatchDependentNorm, batch_variance
 from .group_norm import resolve_groups
 
@@ -53,7 +53,7 @@ class EvoNormB0(BatchDependentNorm):
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         self.check_input(x)
-        if x.numel() == 0:
+        if is_empty(x):
             return _empty_evonorm(self, x, weight, bias)
         if self.uses_batch_statistics:
             self.check_values_per_channel(x, x.shape[0])
@@ -101,7 +101,7 @@ class EvoNormS0(Normalization):
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         self.check_input(x)
-        if x.numel() == 0:
+        if is_empty(x):
             return _empty_evonorm(self, x, weight, bias)
         # the group's size spelt out: -1 cannot be inferred for an empty batch
         per_group = x.shape[1:].numel() // self.num_groups
