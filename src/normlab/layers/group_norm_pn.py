@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import channel_sum, channel_view, first_order_only
+from .._checks import channel_sum, channel_view, first_order_only, tracing
 from .compiled import kernels
 from .gaussian import MomentRule
 from .tails import masked_grad
@@ -87,8 +88,11 @@ def group_norm_threshold_pn(
     """relu-PN(GN(x)) with PN parameters ``params`` = (γ, β, β̃, γ̃).
 
     Runs normlab's C++ node (:mod:`normlab.layers.compiled`) for contiguous float32/float64 CPU
-    tensors outside torch.compile, and :class:`GroupNormThresholdPN` otherwise. Raises
+    tensors, and :class:`GroupNormThresholdPN` otherwise; while tracing (torch.compile,
+    torch.export, jit.trace), :func:`traced_group_norm_threshold_pn`. Raises
     :class:`NonFiniteFoldError` when ``check_finite`` and the threshold is not finite."""
+    if tracing():
+        return traced_group_norm_threshold_pn(x, params, groups, norm_eps, eps, rule)
     compiled = kernels() if _compiled_kernel_applies(x, params) else None
     if compiled is not None:
         try:
@@ -110,5 +114,22 @@ def _compiled_kernel_applies(x: Tensor, params: tuple[Tensor, ...]) -> bool:
         and x.dtype in (torch.float32, torch.float64)
         and x.is_contiguous()
         and all(p.dtype == x.dtype and p.is_contiguous() for p in params)
-        and not torch.compiler.is_compiling()
     )
+
+
+def traced_group_norm_threshold_pn(
+    x: Tensor,
+    params: tuple[Tensor, Tensor, Tensor, Tensor],
+    groups: int,
+    norm_eps: float,
+    eps: float,
+    rule: MomentRule,
+) -> Tensor:
+    """The same step as standard differentiable ops, for tracers: the fold, F.group_norm with
+    the folded affine, max(u, c). Autograd differentiates all three (the bias carries c, so c's
+    partials through the bias and the max add up to Σ grad, as in the fused node); Inductor
+    fuses the max into GroupNorm's epilogue, and export, ONNX and TorchScript see ATen ops only.
+    """
+    (weight, bias, shift), _ = fold(*params, eps, rule)
+    out = F.group_norm(x, groups, weight, bias, norm_eps)
+    return torch.maximum(out, channel_view(shift, x.dim()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import channel_sum, channel_view, first_order_only
+from .._checks import channel_sum, channel_view, first_order_only, tracing
 from .activations import Activation
 
 
@@ -60,7 +60,16 @@ def channel_max(u: Tensor, c: Tensor, shift: bool = False, inplace: bool = False
     detached path, so c receives the total gradient Σ grad: PN with relu. ``inplace=True``
     overwrites u, which must then be a fresh intermediate that no backward needs (the output of
     a normalizer or an affine), as ``nn.ReLU(inplace=True)`` after a BatchNorm.
+
+    While tracing (:func:`~normlab._checks.tracing`) it is torch.maximum, out of place, whose
+    autograd splits the gradient evenly at ties u = c (a null set); with ``shift=True`` it adds
+    c - c̄ (exactly 0 for finite c) to route Σ grad to c.
     """
+    if tracing():
+        c_view = channel_view(c, u.dim())
+        if not shift:
+            return torch.maximum(u, c_view)
+        return torch.maximum(u, c_view.detach()) + (c_view - c_view.detach())
     return _ChannelMax.apply(u, c, shift, inplace)
 
 
@@ -92,5 +101,8 @@ class _ScaleShiftAct(torch.autograd.Function):
 
 
 def scale_shift_act(u: Tensor, scale: Tensor, shift: Tensor, act: Activation) -> Tensor:
-    """φ(u)·scale + shift with per-channel scale and shift (shape (C,))."""
+    """φ(u)·scale + shift with per-channel scale and shift (shape (C,)); while tracing, the
+    same three ops, differentiated by autograd."""
+    if tracing():
+        return act.fn(u) * channel_view(scale, u.dim()) + channel_view(shift, u.dim())
     return _ScaleShiftAct.apply(u, scale, shift, act)
