@@ -126,10 +126,10 @@ def traced_group_norm_threshold_pn(
     rule: MomentRule,
 ) -> Tensor:
     """The same step as standard differentiable ops, for tracers: the fold, F.group_norm with
-    the folded affine, max(u, c). Autograd differentiates all three (the bias carries c, so c's
-    partials through the bias and the max add up to Σ grad, as in the fused node); Inductor
-    fuses the max into GroupNorm's epilogue, and export, ONNX and TorchScript see ATen ops only.
-    """
+    the folded affine, max(u, c) as clamp_min (see :func:`~.tails.channel_max`). Autograd
+    differentiates all three (the bias carries c, so c's partials through the bias and the max
+    add up to Σ grad, as in the fused node); Inductor fuses the max into GroupNorm's epilogue,
+    and export, ONNX and TorchScript see ATen ops only."""
     (weight, bias, shift), _ = fold(*params, eps, rule)
     out = F.group_norm(x, groups, weight, bias, norm_eps)
-    return torch.maximum(out, channel_view(shift, x.dim()))
+    return torch.clamp_min(out, channel_view(shift, x.dim()))
