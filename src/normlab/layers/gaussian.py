@@ -65,12 +65,12 @@ def constant(value: float, like: Tensor) -> Tensor | float:
     float (a graph constant)."""
     if tracing():
         return value
-    return cached(_constants, (value, like.dtype, like.device), lambda: _constant(value, like))
-
-
-def _constant(value: float, like: Tensor) -> Tensor:
-    with torch.inference_mode(False):
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
+    key = (value, like.dtype, like.device)
+    found = _constants.get(key)
+    if found is None:
+        with torch.inference_mode(False):
+            found = _constants[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return found
 
 
 def _relu_forward(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
