@@ -15,6 +15,11 @@ weight and bias), and adds c's gradient Σ grad.
 On CPU the same node is written in C++ (``csrc/group_norm_pn.cpp``, built and loaded by
 :mod:`normlab.layers.compiled`): no Python on the per-layer path, the fold in double precision,
 and the mask and Σ grad in one pass over the gradient.
+
+Tracers (torch.compile, torch.export and with it ONNX export, torch.jit.trace) see neither node:
+under :func:`~normlab._checks.tracing` the step is :func:`traced_group_norm_threshold_pn`, the
+same equations as standard differentiable ATen ops, which Inductor fuses and which export to
+ONNX and TorchScript as they are.
 """
 
 from __future__ import annotations

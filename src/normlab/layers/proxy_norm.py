@@ -12,6 +12,10 @@ a·relu(γỹ + β) + c = max(aγ·ỹ + (aβ + c), c): the rescaled affine fold
 native kernel and the whole step becomes one max against a per-channel threshold, whose
 backward saves only the output (as relu does). Any other φ runs φ(u)·a + c as one autograd
 node that saves u only and recomputes φ and φ' in backward.
+
+Under a tracer (torch.compile, torch.export, ONNX export, torch.jit.trace; see
+:func:`~normlab._checks.tracing`) the same equations run as standard differentiable ops: no
+hand-written node, no in-place tail, no finite check (it reads data back) and no plan cache.
 """
 
 from __future__ import annotations
