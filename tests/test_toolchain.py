@@ -36,6 +36,9 @@ FAMILIES = {  # one model of each family of the zoo
     "random_net": "random_net",
 }
 RTOL = 1e-4
+# whole models: 4 samples (EvoNorm-B0 training at 2 samples of 1x1 maps gives NaN gradients in
+# eager PyTorch already, which no comparison can check)
+BATCH = 4
 
 
 class SmallNet(nn.Module):
@@ -73,9 +76,10 @@ def build(name: str, spec: str) -> nn.Module:
     extra = {"dropout": 0.0} if name.startswith("efficientnet") else {}
     try:
         model = small(name, norm=spec, **extra)
-    except ValueError as error:  # the model refuses the scheme (e.g. PN in a post-act ResNet)
-        pytest.skip(f"{name} does not take {spec}: {error}")
-    return calibrated(seeded(model), small_input(name, batch=4, seed=7))
+        return calibrated(seeded(model), small_input(name, batch=BATCH, seed=7))
+    except ValueError as error:  # the model refuses the scheme (e.g. PN in a post-act ResNet),
+        # or the scheme refuses this input (IN on the 1x1 maps of an ImageNet model at 32x32)
+        pytest.skip(f"{name} does not take {spec} at 32x32: {error}")
 
 
 def calibrated(model: nn.Module, x: Tensor) -> nn.Module:
@@ -301,7 +305,7 @@ CIFAR_COVER = [cover for cover in FAMILY_COVER if cover[0] in CIFAR]
 
 @pytest.mark.parametrize(("name", "spec"), [("random_net", "in+pn")])
 def test_model_compiles_for_training(name, spec):
-    check_compile_train(build(name, spec), small_input(name, batch=2))
+    check_compile_train(build(name, spec), small_input(name, batch=BATCH))
 
 
 @pytest.mark.parametrize(
@@ -312,13 +316,13 @@ def test_model_compiles_for_training(name, spec):
     ],
 )
 def test_model_exports_and_traces(name, spec):
-    model, x = build(name, spec), small_input(name, batch=2)
+    model, x = build(name, spec), small_input(name, batch=BATCH)
     check_export(model, x)
     check_trace(model, x)
 
 
 def test_model_exports_to_onnx():
-    check_onnx(build("random_net", "bn+pn"), small_input("random_net", batch=2))
+    check_onnx(build("random_net", "bn+pn"), small_input("random_net", batch=BATCH))
 
 
 @pytest.mark.slow
@@ -332,7 +336,7 @@ def test_inductor_trains_gn_pn_like_eager():
 def test_family_cover_through_every_tool(name, spec):
     """Each family once, under the scheme that exercises most of its layers."""
     for check in CHECKS.values():
-        check(build(name, spec), small_input(name, batch=2))
+        check(build(name, spec), small_input(name, batch=BATCH))
 
 
 # -- the full matrix -------------------------------------------------------------------------
@@ -343,10 +347,10 @@ def test_family_cover_through_every_tool(name, spec):
 @pytest.mark.parametrize("name", list(FAMILIES.values()))
 @pytest.mark.parametrize("tool", list(CHECKS))
 def test_full_matrix(tool, name, spec):
-    CHECKS[tool](build(name, spec), small_input(name, batch=2))
+    CHECKS[tool](build(name, spec), small_input(name, batch=BATCH))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", SCHEMES)
 def test_inductor_matrix(spec):
-    check_compile_train(build("resnet20", spec), small_input("resnet20", batch=2), "inductor")
+    check_compile_train(build("resnet20", spec), small_input("resnet20", batch=BATCH), "inductor")
