@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from normlab import scheme
 from normlab.layers import BatchDependentNorm
-from tests.models.helpers import CIFAR, small, small_input
+from tests.models.helpers import CIFAR, small
 
 SCHEMES = ["bn", "gn8+pn", "ln+pn", "bn+pn", "in+pn", "gn8+ws", "frn", "evo-b0", "evo-s0", "nf"]
 FAMILIES = {  # one model of each family of the zoo
@@ -76,10 +76,17 @@ def build(name: str, spec: str) -> nn.Module:
     extra = {"dropout": 0.0} if name.startswith("efficientnet") else {}
     try:
         model = small(name, norm=spec, **extra)
-        return calibrated(seeded(model), small_input(name, batch=BATCH, seed=7))
+        return calibrated(seeded(model), model_input(name, seed=7))
     except ValueError as error:  # the model refuses the scheme (e.g. PN in a post-act ResNet),
-        # or the scheme refuses this input (IN on the 1x1 maps of an ImageNet model at 32x32)
-        pytest.skip(f"{name} does not take {spec} at 32x32: {error}")
+        # or the scheme refuses the input
+        pytest.skip(f"{name} does not take {spec}: {error}")
+
+
+def model_input(name: str, seed: int = 0) -> Tensor:
+    """BATCH samples, 32x32 for the CIFAR models, 96x96 for the ImageNet ones (whose last stage
+    then has 3x3 maps, which InstanceNorm normalizes well enough for float32 comparisons)."""
+    size = 32 if name in CIFAR else 96
+    return torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def calibrated(model: nn.Module, x: Tensor) -> nn.Module:
@@ -114,6 +121,11 @@ def assert_close(got: Tensor, want: Tensor, rtol: float = RTOL) -> None:
     torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(scale))
 
 
+def relative_error(got: Tensor, want: Tensor) -> float:
+    """|got - want| / |want| in the Frobenius norm, in want's dtype."""
+    return float((got.to(want.dtype) - want).norm() / want.norm().clamp_min(1e-12))
+
+
 def forward_backward(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
     out = model(x)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
@@ -123,15 +135,27 @@ def forward_backward(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]
 
 def check_compile_train(model: nn.Module, x: Tensor, backend: str = "aot_eager") -> None:
     """Training step under torch.compile(fullgraph=True) (a graph break raises) equals eager:
-    outputs, every parameter's gradient, and the running statistics it updated."""
+    outputs, every parameter's gradient, and the running statistics it updated.
+
+    Where float32 itself cannot hold a gradient to 1e-4 (deep nets of IN on 3x3 maps: eager
+    float32 is 3% off its float64 run), the compiled gradient must instead be as close to the
+    float64 run as eager float32 is (twice its distance, plus 1e-4)."""
     model.train()
     eager, compiled = copy.deepcopy(model), copy.deepcopy(model)
+    reference = copy.deepcopy(model).double()
     torch._dynamo.reset()
     out, grads = forward_backward(torch.compile(compiled, backend=backend, fullgraph=True), x)
     expected, expected_grads = forward_backward(eager, x)
     assert_close(out, expected)
-    for got, want in zip(grads, expected_grads, strict=True):
-        assert_close(got, want)
+    wide_grads = None
+    for index, (got, want) in enumerate(zip(grads, expected_grads, strict=True)):
+        try:
+            assert_close(got, want)
+        except AssertionError:
+            if wide_grads is None:
+                wide_grads = forward_backward(reference, x.double())[1]
+            wide = wide_grads[index]
+            assert relative_error(got, wide) <= 2 * relative_error(want, wide) + RTOL
     for got, want in zip(compiled.buffers(), eager.buffers(), strict=True):
         assert_close(got.double(), want.double())
 
@@ -251,10 +275,6 @@ def test_channels_last_matches_contiguous(spec):
         check_compile_train(model, x)
 
 
-def relative_error(got: Tensor, want: Tensor) -> float:
-    return float((got.float() - want).norm() / want.norm().clamp_min(1e-12))
-
-
 @pytest.mark.parametrize(
     ("spec", "act"),
     [(spec, None) for spec in SCHEMES] + [("gn8+pn", "leaky_relu"), ("bn+pn", "silu")],
@@ -305,7 +325,7 @@ CIFAR_COVER = [cover for cover in FAMILY_COVER if cover[0] in CIFAR]
 
 @pytest.mark.parametrize(("name", "spec"), [("random_net", "in+pn")])
 def test_model_compiles_for_training(name, spec):
-    check_compile_train(build(name, spec), small_input(name, batch=BATCH))
+    check_compile_train(build(name, spec), model_input(name))
 
 
 @pytest.mark.parametrize(
@@ -316,13 +336,13 @@ def test_model_compiles_for_training(name, spec):
     ],
 )
 def test_model_exports_and_traces(name, spec):
-    model, x = build(name, spec), small_input(name, batch=BATCH)
+    model, x = build(name, spec), model_input(name)
     check_export(model, x)
     check_trace(model, x)
 
 
 def test_model_exports_to_onnx():
-    check_onnx(build("random_net", "bn+pn"), small_input("random_net", batch=BATCH))
+    check_onnx(build("random_net", "bn+pn"), model_input("random_net"))
 
 
 @pytest.mark.slow
@@ -336,7 +356,7 @@ def test_inductor_trains_gn_pn_like_eager():
 def test_family_cover_through_every_tool(name, spec):
     """Each family once, under the scheme that exercises most of its layers."""
     for check in CHECKS.values():
-        check(build(name, spec), small_input(name, batch=BATCH))
+        check(build(name, spec), model_input(name))
 
 
 # -- the full matrix -------------------------------------------------------------------------
@@ -347,10 +367,10 @@ def test_family_cover_through_every_tool(name, spec):
 @pytest.mark.parametrize("name", list(FAMILIES.values()))
 @pytest.mark.parametrize("tool", list(CHECKS))
 def test_full_matrix(tool, name, spec):
-    CHECKS[tool](build(name, spec), small_input(name, batch=BATCH))
+    CHECKS[tool](build(name, spec), model_input(name))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", SCHEMES)
 def test_inductor_matrix(spec):
-    check_compile_train(build("resnet20", spec), small_input("resnet20", batch=BATCH), "inductor")
+    check_compile_train(build("resnet20", spec), model_input("resnet20"), "inductor")
