@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 _finite_checks = True
+_FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
+T = TypeVar("T")
 
 
 def set_finite_checks(enabled: bool) -> bool:
@@ -23,7 +26,34 @@ def set_finite_checks(enabled: bool) -> bool:
 
 
 def finite_checks_enabled() -> bool:
-    return _finite_checks and not torch.compiler.is_compiling()
+    """Whether to read back PN's threshold: checks are on and real data flows (see tracing)."""
+    return _finite_checks and not tracing()
+
+
+def tracing() -> bool:
+    """Whether a tracer runs this code: torch.compile (Dynamo), torch.export (which also serves
+    ONNX export), torch.jit.trace, or any other code running on fake tensors.
+
+    Layers then build their step from standard differentiable ATen ops, which every tracer
+    captures and every backend (Inductor, ONNX, TorchScript) runs; eager runs keep the fused
+    autograd nodes, in-place tails and caches. Nothing may be read back from a tensor, and no
+    tensor made while tracing may be cached: it may be fake."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._get_dispatch_mode(_FAKE_MODE) is not None
+    )
+
+
+def cached(cache: dict, key: Hashable, make: Callable[[], T]) -> T:
+    """``cache[key]``, made by ``make()`` on first use; made afresh, and not stored, while
+    :func:`tracing` (a tracer's tensors must not outlive its trace)."""
+    if tracing():
+        return make()
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = make()
+    return found
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import first_order_only
+from .._checks import cached, first_order_only, tracing
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -58,10 +58,13 @@ class MomentRule:
 _constants: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
 
-def constant(value: float, like: Tensor) -> Tensor:
+def constant(value: float, like: Tensor) -> Tensor | float:
     """``value`` as a cached 0-d tensor of ``like``'s dtype and device. Eager PyTorch wraps a
     Python scalar operand into a fresh tensor at every op (about 2 µs, as much as the op itself
-    on C-sized vectors); PN's hot path multiplies by these instead."""
+    on C-sized vectors); PN's hot path multiplies by these instead. While tracing, the plain
+    float (a graph constant)."""
+    if tracing():
+        return value
     key = (value, like.dtype, like.device)
     found = _constants.get(key)
     if found is None:
@@ -72,15 +75,16 @@ def constant(value: float, like: Tensor) -> Tensor:
 
 def _relu_forward(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """E = μΦ + sϕ and Var = E[U²; U>0] - E² = E·(μQ - sϕ) + s²Φ, with Φ, ϕ at t = μ/s and
-    Q = 1 - Φ computed as erfc (not by subtraction); no t² term overflows as s → 0."""
+    Q = 1 - Φ computed as erfc (not by subtraction); no t² term overflows as s → 0. Out of
+    place, so that autograd can also differentiate it (as tracers do)."""
     half = constant(0.5, mu)
-    z = torch.div(mu, s).mul_(constant(_INV_SQRT_2, mu))
-    cdf = torch.special.erfc(-z).mul_(half)
-    upper = torch.special.erfc(z).mul_(half)
-    pdf = z.square_().neg_().exp_().mul_(constant(_INV_SQRT_2PI, mu))
+    z = torch.div(mu, s) * constant(_INV_SQRT_2, mu)
+    cdf = torch.special.erfc(-z) * half
+    upper = torch.special.erfc(z) * half
+    pdf = torch.exp(-z.square()) * constant(_INV_SQRT_2PI, mu)
     s_pdf = s * pdf
     mean = torch.addcmul(s_pdf, mu, cdf)
-    var = (mu * upper).sub_(s_pdf).mul_(mean).addcmul_(s * s, cdf).clamp_min_(0.0)
+    var = ((mu * upper - s_pdf) * mean).addcmul(s * s, cdf).clamp_min(0.0)
     return mean, var, (s, cdf, upper, pdf, mean)
 
 
@@ -112,10 +116,18 @@ class _ClosedFormMoments(torch.autograd.Function):
         return (*ctx.rule.vjp(ctx.saved_tensors, grad_mean, grad_var), None)
 
 
+def closed_form_moments(mu: Tensor, s: Tensor, rule: MomentRule) -> Moments:
+    """E and Var from ``rule``: one autograd node in eager mode, the rule's ops (differentiated
+    by autograd) while tracing."""
+    if tracing():
+        return rule.forward(mu, s)[:2]
+    return _ClosedFormMoments.apply(mu, s, rule)
+
+
 def relu_moments(mu: Tensor, s: Tensor) -> Moments:
     """E and Var of relu(U), U ~ N(μ, s²), in closed form."""
     s, _ = _standardize(mu, s)
-    return _ClosedFormMoments.apply(mu, s, RELU_RULE)
+    return closed_form_moments(mu, s, RELU_RULE)
 
 
 def leaky_relu_moments(mu: Tensor, s: Tensor, slope: float) -> Moments:
@@ -124,7 +136,7 @@ def leaky_relu_moments(mu: Tensor, s: Tensor, slope: float) -> Moments:
     Var = α²s² + (1-α)²Var[relu U] + 2α(1-α)s²Φ(t), using Cov(U, relu U) = s²Φ(t).
     """
     s, t = _standardize(mu, s)
-    mean_r, var_r = _ClosedFormMoments.apply(mu, s, RELU_RULE)
+    mean_r, var_r = closed_form_moments(mu, s, RELU_RULE)
     a, b = slope, 1.0 - slope
     mean = a * mu + b * mean_r
     var = a * a * s * s + b * b * var_r + 2.0 * a * b * s * s * torch.special.ndtr(t)
@@ -158,15 +170,19 @@ def trapezoid_nodes(
     count: int, half_width: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """Nodes z_k on [-L, L] and weights ∝ ϕ(z_k), normalised to sum to one."""
-    key = (count, half_width, dtype, device)
-    if key not in _nodes_cache:
-        z = torch.linspace(-half_width, half_width, count, dtype=torch.float64)
-        w = torch.exp(-0.5 * z * z)
-        _nodes_cache[key] = (
-            z.to(dtype=dtype, device=device),
-            (w / w.sum()).to(device=device, dtype=dtype),
-        )
-    return _nodes_cache[key]
+    return cached(
+        _nodes_cache,
+        (count, half_width, dtype, device),
+        lambda: _trapezoid_nodes(count, half_width, dtype, device),
+    )
+
+
+def _trapezoid_nodes(
+    count: int, half_width: float, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    z = torch.linspace(-half_width, half_width, count, dtype=torch.float64)
+    w = torch.exp(-0.5 * z * z)
+    return z.to(dtype=dtype, device=device), (w / w.sum()).to(device=device, dtype=dtype)
 
 
 def quadrature_moments(

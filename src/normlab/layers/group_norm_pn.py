@@ -15,6 +15,11 @@ weight and bias), and adds c's gradient Σ grad.
 On CPU the same node is written in C++ (``csrc/group_norm_pn.cpp``, built and loaded by
 :mod:`normlab.layers.compiled`): no Python on the per-layer path, the fold in double precision,
 and the mask and Σ grad in one pass over the gradient.
+
+Tracers (torch.compile, torch.export and with it ONNX export, torch.jit.trace) see neither node:
+under :func:`~normlab._checks.tracing` the step is :func:`traced_group_norm_threshold_pn`, the
+same equations as standard differentiable ATen ops, which Inductor fuses and which export to
+ONNX and TorchScript as they are.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import channel_sum, channel_view, first_order_only
+from .._checks import channel_sum, channel_view, first_order_only, tracing
 from .compiled import kernels
 from .gaussian import MomentRule
 from .tails import masked_grad
@@ -87,8 +93,11 @@ def group_norm_threshold_pn(
     """relu-PN(GN(x)) with PN parameters ``params`` = (γ, β, β̃, γ̃).
 
     Runs normlab's C++ node (:mod:`normlab.layers.compiled`) for contiguous float32/float64 CPU
-    tensors outside torch.compile, and :class:`GroupNormThresholdPN` otherwise. Raises
+    tensors, and :class:`GroupNormThresholdPN` otherwise; while tracing (torch.compile,
+    torch.export, jit.trace), :func:`traced_group_norm_threshold_pn`. Raises
     :class:`NonFiniteFoldError` when ``check_finite`` and the threshold is not finite."""
+    if tracing():
+        return traced_group_norm_threshold_pn(x, params, groups, norm_eps, eps, rule)
     compiled = kernels() if _compiled_kernel_applies(x, params) else None
     if compiled is not None:
         try:
@@ -110,5 +119,22 @@ def _compiled_kernel_applies(x: Tensor, params: tuple[Tensor, ...]) -> bool:
         and x.dtype in (torch.float32, torch.float64)
         and x.is_contiguous()
         and all(p.dtype == x.dtype and p.is_contiguous() for p in params)
-        and not torch.compiler.is_compiling()
     )
+
+
+def traced_group_norm_threshold_pn(
+    x: Tensor,
+    params: tuple[Tensor, Tensor, Tensor, Tensor],
+    groups: int,
+    norm_eps: float,
+    eps: float,
+    rule: MomentRule,
+) -> Tensor:
+    """The same step as standard differentiable ops, for tracers: the fold, F.group_norm with
+    the folded affine, max(u, c) as clamp_min (see :func:`~.tails.channel_max`). Autograd
+    differentiates all three (the bias carries c, so c's partials through the bias and the max
+    add up to Σ grad, as in the fused node); Inductor fuses the max into GroupNorm's epilogue,
+    and export, ONNX and TorchScript see ATen ops only."""
+    (weight, bias, shift), _ = fold(*params, eps, rule)
+    out = F.group_norm(x, groups, weight, bias, norm_eps)
+    return torch.clamp_min(out, channel_view(shift, x.dim()))

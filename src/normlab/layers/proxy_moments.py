@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .._checks import unknown
+from .._checks import cached, unknown
 from .activations import Activation, get_activation
 
 MomentMethod = Literal["exact", "reference"]
@@ -25,12 +25,13 @@ _quantile_cache: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
 def reference_quantiles(count: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """The reference implementation's proxy samples sqrt(2)·erfinv(2(i + 0.5)/K - 1), i < K."""
-    key = (count, dtype, device)
-    if key not in _quantile_cache:
-        i = torch.arange(count, dtype=torch.float64)
-        q = torch.special.erfinv(2.0 * (i + 0.5) / count - 1.0) * 2.0**0.5
-        _quantile_cache[key] = q.to(dtype=dtype, device=device)
-    return _quantile_cache[key]
+    return cached(_quantile_cache, (count, dtype, device), lambda: _quantiles(count, dtype, device))
+
+
+def _quantiles(count: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    i = torch.arange(count, dtype=torch.float64)
+    q = torch.special.erfinv(2.0 * (i + 0.5) / count - 1.0) * 2.0**0.5
+    return q.to(dtype=dtype, device=device)
 
 
 def _as_tensors(*values: Tensor | float) -> list[Tensor]:

@@ -12,6 +12,10 @@ a·relu(γỹ + β) + c = max(aγ·ỹ + (aβ + c), c): the rescaled affine fold
 native kernel and the whole step becomes one max against a per-channel threshold, whose
 backward saves only the output (as relu does). Any other φ runs φ(u)·a + c as one autograd
 node that saves u only and recomputes φ and φ' in backward.
+
+Under a tracer (torch.compile, torch.export, ONNX export, torch.jit.trace; see
+:func:`~normlab._checks.tracing`) the same equations run as standard differentiable ops: no
+hand-written node, no in-place tail, no finite check (it reads data back) and no plan cache.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from .._checks import finite_checks_enabled, unknown
+from .._checks import finite_checks_enabled, tracing, unknown
 from .act import ActivationStep, Plan
 from .activations import Activation
 from .base import Normalization
@@ -29,7 +33,7 @@ from .group_norm import GroupNorm
 from .group_norm_pn import NonFiniteFoldError, group_norm_threshold_pn
 from .proxy_moments import METHODS, REFERENCE_POINTS, MomentMethod, proxy_moments
 from .tails import channel_max, scale_shift_act
-from .threshold_fold import ThresholdFold, threshold_is_finite
+from .threshold_fold import ThresholdFold, fold, threshold_is_finite
 
 DEFAULT_EPS = 0.03
 
@@ -91,8 +95,9 @@ class ProxyNormAct(ActivationStep):
 
     def plan(self) -> Plan:
         """The folded affine and tail; cached while no gradient is recorded and no parameter
-        has changed (inference and diagnostics pay for the proxy moments once)."""
-        if torch.is_grad_enabled():
+        has changed (inference and diagnostics pay for the proxy moments once), never while
+        tracing (whose tensors may be fake, and whose graph must compute the plan)."""
+        if torch.is_grad_enabled() or tracing():
             return self._build_plan()
         key = (tuple(p._version for p in self.parameters()), self.gamma.device, self.gamma.dtype)
         if self._plan_cache is None or self._plan_cache[0] != key:
@@ -136,6 +141,9 @@ class ProxyNormAct(ActivationStep):
         if self._folds_into_threshold:
             params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
             rule = self.activation.moment_rule
+            if tracing():  # standard ops: the bias carries c, the max has the true partials
+                (weight, bias, shift), _ = fold(*params, self.eps, rule)
+                return Plan(weight, bias, functools.partial(channel_max, c=shift))
             weight, bias, shift = ThresholdFold.apply(*params, self.eps, rule)
             self._check_finite(shift)
             return Plan(weight, bias, functools.partial(_shifted_max, shift=shift))

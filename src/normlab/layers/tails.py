@@ -15,13 +15,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import channel_sum, channel_view, first_order_only
+from .._checks import channel_sum, channel_view, first_order_only, tracing
 from .activations import Activation
 
 
 def masked_grad(grad: Tensor, out: Tensor, threshold: Tensor) -> Tensor:
     """grad where out = max(u, c) took u (out > c), else 0; c is a channel view. Recomputes the
-    mask with one subtraction, whose buffer then holds the result."""
+    mask with one subtraction, whose buffer then holds the result. The mask is taken in out's
+    (and grad's) dtype: under autocast out may be bfloat16 against a float32 c, and
+    threshold_backward needs one dtype."""
+    if threshold.dtype != out.dtype:
+        threshold = threshold.to(out.dtype)
     above = out - threshold
     return torch.ops.aten.threshold_backward.grad_input(grad, above, 0, grad_input=above)
 
@@ -60,13 +64,26 @@ def channel_max(u: Tensor, c: Tensor, shift: bool = False, inplace: bool = False
     detached path, so c receives the total gradient Σ grad: PN with relu. ``inplace=True``
     overwrites u, which must then be a fresh intermediate that no backward needs (the output of
     a normalizer or an affine), as ``nn.ReLU(inplace=True)`` after a BatchNorm.
+
+    While tracing (:func:`~normlab._checks.tracing`) it is torch.clamp_min(u, c), out of place
+    (same values, NaN included; its autograd gives ties u = c, a null set, to u); with
+    ``shift=True`` it adds c - c̄ (exactly 0 for finite c) to route Σ grad to c. Not
+    torch.maximum: AOTAutograd (torch 2.13) returns wrong GroupNorm gradients for
+    maximum(group_norm(x), c) on channels-last x, and clamp_min's backward avoids that.
     """
+    if tracing():
+        c_view = channel_view(c, u.dim())
+        if not shift:
+            return torch.clamp_min(u, c_view)
+        return torch.clamp_min(u, c_view.detach()) + (c_view - c_view.detach())
     return _ChannelMax.apply(u, c, shift, inplace)
 
 
 class _ScaleShiftAct(torch.autograd.Function):
     """out = φ(u)·a_c + c_c. Saves the output when φ' is a function of φ (then φ(u) = (out - c)/a,
-    a > 0), else u; φ(u) is recomputed in backward and φ' applied by torch's fused kernel."""
+    a > 0) and out is float32 or float64, else u; φ(u) is recomputed in backward and φ' applied
+    by torch's fused kernel. A half-precision out (autocast) rounds φ(u)·a + c to c's scale, which
+    can flip the sign of a small recovered φ(u) and with it a leaky relu's slope: u is exact."""
 
     @staticmethod
     def forward(ctx, u: Tensor, scale: Tensor, shift: Tensor, act: Activation) -> Tensor:
@@ -74,8 +91,8 @@ class _ScaleShiftAct(torch.autograd.Function):
         value = act.fn(u)
         # φ(u) is fresh and ours to overwrite, unless φ = identity handed u itself back
         out = (value * scale_view if value is u else value.mul_(scale_view)).add_(shift_view)
-        ctx.act = act
-        ctx.save_for_backward(out if act.saves_output else u, scale_view, shift_view)
+        ctx.act, ctx.keeps_output = act, act.saves_output and out.dtype in _WIDE
+        ctx.save_for_backward(out if ctx.keeps_output else u, scale_view, shift_view)
         return out
 
     @staticmethod
@@ -84,13 +101,23 @@ class _ScaleShiftAct(torch.autograd.Function):
         saved, scale_view, shift_view = ctx.saved_tensors
         act: Activation = ctx.act
         # φ(u), recomputed: (out - c)/a, exactly 0 where out = c, or φ of the saved u
-        value = (saved - shift_view).div_(scale_view) if act.saves_output else act.fn(saved)
-        grad_u = act.backward(grad * scale_view, value if act.saves_output else saved)
+        value = (saved - shift_view).div_(scale_view) if ctx.keeps_output else act.fn(saved)
+        grad_value = grad * scale_view
+        operand = value if act.saves_output else saved
+        if operand.dtype != grad_value.dtype:  # torch's backward kernels need one dtype
+            operand = operand.to(grad_value.dtype)
+        grad_u = act.backward(grad_value, operand)
         grad_shift = channel_sum(grad) if ctx.needs_input_grad[2] else None
         grad_scale = channel_sum(value.mul_(grad)) if ctx.needs_input_grad[1] else None
         return grad_u, grad_scale, grad_shift, None
 
 
+_WIDE = (torch.float32, torch.float64)
+
+
 def scale_shift_act(u: Tensor, scale: Tensor, shift: Tensor, act: Activation) -> Tensor:
-    """φ(u)·scale + shift with per-channel scale and shift (shape (C,))."""
+    """φ(u)·scale + shift with per-channel scale and shift (shape (C,)); while tracing, the
+    same three ops, differentiated by autograd."""
+    if tracing():
+        return act.fn(u) * channel_view(scale, u.dim()) + channel_view(shift, u.dim())
     return _ScaleShiftAct.apply(u, scale, shift, act)

@@ -35,15 +35,19 @@ def fold(
     eps: float,
     rule: MomentRule,
 ) -> tuple[Folded, tuple[Tensor, ...]]:
-    """(weight γa, bias βa + c, threshold c) and the tensors :func:`fold_vjp` needs."""
+    """(weight γa, bias βa + c, threshold c) and the tensors :func:`fold_vjp` needs.
+
+    Out of place, so that autograd can differentiate it too: while tracing, normlab runs it
+    without :class:`ThresholdFold`, and then the bias carries c's gradient as well (the tail is
+    the plain max(u, c), whose partials add up to the same total)."""
     signed_s = torch.addcmul(gamma, gamma, proxy_gamma)
-    s = signed_s.abs().clamp_min_(torch.finfo(signed_s.dtype).tiny)
+    s = signed_s.abs().clamp_min(torch.finfo(signed_s.dtype).tiny)
     mean, var, moments = rule.forward(torch.addcmul(beta, gamma, proxy_beta), s)
-    scale = var.add_(constant(eps, var)).rsqrt_()
-    shift = (mean * scale).neg_()
+    scale = (var + constant(eps, var)).rsqrt()
+    shift = -(mean * scale)
     folded = (gamma * scale, torch.addcmul(shift, beta, scale), shift)
     params = (gamma, beta, proxy_beta, proxy_gamma)
-    return folded, (*params, signed_s.sign_(), scale, mean, *moments)
+    return folded, (*params, signed_s.sign(), scale, mean, *moments)
 
 
 def fold_vjp(

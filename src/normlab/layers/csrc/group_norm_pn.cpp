@@ -162,7 +162,10 @@ class GroupNormThresholdPN : public torch::autograd::Function<GroupNormThreshold
       TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == x.scalar_type(),
                   "normlab's C++ GN+PN kernel takes contiguous CPU tensors of one dtype");
     }
-    const int64_t batch = x.size(0), channels = x.size(1), plane = x.numel() / (batch * channels);
+    // positions per (sample, channel) from the spatial sizes, so that an empty batch is fine
+    int64_t plane = 1;
+    for (int64_t d = 2; d < x.dim(); ++d) plane *= x.size(d);
+    const int64_t batch = x.size(0), channels = x.size(1);
     const Tensor store = fold_all(gamma, beta, proxy_beta, proxy_gamma, eps);
     const ChannelFold* folds = folds_of(store);
     Tensor folded = at::empty({3, channels}, x.options());  // rows: weight, bias, c
