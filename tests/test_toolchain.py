@@ -139,7 +139,9 @@ def check_compile_train(model: nn.Module, x: Tensor, backend: str = "aot_eager")
 
     Where float32 itself cannot hold a gradient to 1e-4 (deep nets of IN on 3x3 maps: eager
     float32 is 3% off its float64 run), the compiled gradient must instead be as close to the
-    float64 run as eager float32 is (twice its distance, plus 1e-4)."""
+    float64 run as eager float32 is: within four times its distance, plus 1e-4 (two float32
+    roundings of a chaotic gradient land at random distances of one size; a wrong formula is
+    off by O(1))."""
     model.train()
     eager, compiled = copy.deepcopy(model), copy.deepcopy(model)
     reference = copy.deepcopy(model).double()
@@ -155,7 +157,7 @@ def check_compile_train(model: nn.Module, x: Tensor, backend: str = "aot_eager")
             if wide_grads is None:
                 wide_grads = forward_backward(reference, x.double())[1]
             wide = wide_grads[index]
-            assert relative_error(got, wide) <= 2 * relative_error(want, wide) + RTOL
+            assert relative_error(got, wide) <= 4 * relative_error(want, wide) + RTOL
     for got, want in zip(compiled.buffers(), eager.buffers(), strict=True):
         assert_close(got.double(), want.double())
 
