@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 import normlab
 from normlab import models
-from normlab.convert import TORCH_ACTIVATIONS
 from normlab.layers import compiled
+from normlab.layers.activations import TORCH_ACTIVATIONS
 from normlab.layers.proxy_moments import reference_quantiles
 
 CIFAR = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]

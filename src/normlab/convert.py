@@ -89,7 +89,7 @@ from .layers import (
     Normalization,
     WeightSpaceConv2d,
 )
-from .layers.activations import LEAKY_RELU_SLOPE
+from .layers.activations import TORCH_ACTIVATIONS
 from .scheme import Scheme, scheme
 
 logger = logging.getLogger(__name__)
@@ -323,20 +323,6 @@ def _like(target: nn.Module, source: nn.Module) -> nn.Module:
         if floats:
             target = target.to(dtype=floats[0].dtype)
     return target.train(source.training)
-
-
-# torch's module for each built-in φ (the reverse conversion builds these)
-TORCH_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_RELU_SLOPE),
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-    "identity": nn.Identity,
-}
 
 
 class _Converter:

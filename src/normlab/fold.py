@@ -71,7 +71,7 @@ from .layers import (
     WSConv2d,
     get_activation,
 )
-from .layers.activations import LEAKY_RELU_SLOPE, Activation
+from .layers.activations import TORCH_ACTIVATIONS, Activation
 from .models._common import ChannelScale
 
 logger = logging.getLogger(__name__)
@@ -174,29 +174,17 @@ class Phi(nn.Module):
         return self.activation.name
 
 
-_TORCH_PHI = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(LEAKY_RELU_SLOPE),
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-}
-
-
 def phi_modules(activation: Activation) -> list[nn.Module]:
     """φ as modules: torch's own for normlab's built-in φ, none for the identity."""
     if not _is_builtin(activation):
         return [Phi(activation)]
-    return [_TORCH_PHI[activation.name]()] if activation.name != "identity" else []
+    return [TORCH_ACTIVATIONS[activation.name]()] if activation.name != "identity" else []
 
 
 def _is_builtin(activation: Activation) -> bool:
     """Whether ``activation`` is normlab's built-in φ of its name (or a copy of it: a deep copy
     of a model copies its activations' partials)."""
-    if activation.name not in _TORCH_PHI and activation.name != "identity":
+    if activation.name not in TORCH_ACTIVATIONS:
         return False
     ours, theirs = get_activation(activation.name).fn, activation.fn
     if isinstance(ours, functools.partial) and isinstance(theirs, functools.partial):
