@@ -178,16 +178,17 @@ def test_a_tiny_run_on_real_fashion_mnist_learns(tmp_path):
         tmp_path,
         data=f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}",
         norm="gn8+pn",
-        limit=1024,
+        limit=2048,
         test_limit=512,
         batch_size=64,
-        epochs=2,
+        epochs=3,
         lr=0.1,
+        schedule="constant",
         width=0.5,
     )
     summary = train(config)
     assert summary["status"] == "finished"
-    assert summary["final_test_accuracy"] > 0.5  # chance is 0.1
+    assert summary["final_test_accuracy"] > 0.4  # chance is 0.1; about 0.6 after these 96 steps
 
 
 def test_a_timm_model_trains_converted_to_the_scheme(tmp_path):
