@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..training.config import CONFIG_KEYS, ConfigError, TrainConfig, from_dict, load_yaml
+from ..training.config import ConfigError, TrainConfig, check_keys, from_dict, load_yaml
 
 GRID_KEYS = ("out", "base", "grid", "cases")
 # Keys that do not change what a run computes, left out of its hash.
@@ -65,22 +65,12 @@ def slug(varying: dict[str, Any], digest: str) -> str:
     return "_".join([*parts, digest]) if parts else digest
 
 
-def _check_keys(mapping: dict[str, Any], where: str) -> None:
-    for key in mapping:
-        if key not in CONFIG_KEYS:
-            from .._checks import closest
-
-            suggestion = closest(key, CONFIG_KEYS)
-            hint = f"; did you mean {suggestion!r}?" if suggestion else ""
-            raise ConfigError(f"{where}: {key!r} is not a config key{hint}")
-
-
 def _mapping(value: object, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a mapping of config keys, got {type(value).__name__}")
-    _check_keys(value, where)
+    check_keys(value, where)
     return value
 
 

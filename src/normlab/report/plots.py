@@ -141,6 +141,21 @@ def power_fractions(data: object) -> dict[str, list[float]]:
     return fractions
 
 
+def draw_power_stack(ax, fractions: Mapping[str, Sequence[float]]) -> list[int]:
+    """Stacked areas of P1/P .. P4/P (bottom to top) against layer l = 1..L on ``ax``, with the
+    axes' depth and [0, 1] limits; returns the depths."""
+    depth = list(range(1, len(fractions["p1"]) + 1))
+    ax.stackplot(
+        depth,
+        *(fractions[t] for t in TERMS),
+        labels=[TERM_LABELS[t] for t in TERMS],
+        colors=[TERM_COLORS[t] for t in TERMS],
+        alpha=0.85,
+    )
+    ax.set(xlabel="layer l", ylim=(0, 1), xlim=(1, max(depth[-1], 2)))
+    return depth
+
+
 def plot_power_decomposition(
     panels: Mapping[str, object],
     bounds: Mapping[str, Sequence[float]] | None = None,
@@ -165,14 +180,7 @@ def plot_power_decomposition(
         fig, axes = new_figure(len(panels), width=3.2, height=2.8, columns=4)
         for ax, (label, data) in zip(axes, panels.items(), strict=True):
             fractions = power_fractions(data)
-            depth = list(range(1, len(fractions["p1"]) + 1))
-            ax.stackplot(
-                depth,
-                *(fractions[t] for t in TERMS),
-                labels=[TERM_LABELS[t] for t in TERMS],
-                colors=[TERM_COLORS[t] for t in TERMS],
-                alpha=0.85,
-            )
+            depth = draw_power_stack(ax, fractions)
             if label in bounds:
                 floor = [1.0 - b for b in bounds[label]][: len(depth)]
                 ax.plot(
@@ -182,7 +190,7 @@ def plot_power_decomposition(
                     lw=1.2,
                     label=r"Thm 1: $P_1/P \geq 1-\rho^{l-1}$",
                 )
-            ax.set(title=label, xlabel="layer l", ylim=(0, 1), xlim=(1, max(depth[-1], 2)))
+            ax.set(title=label)
         for ax in axes[:: min(4, len(axes))]:
             ax.set_ylabel("fraction of the power P")
         handles, labels = _legend_entries(axes)

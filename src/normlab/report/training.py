@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .plots import TERM_COLORS, TERM_LABELS, TERMS, new_figure, save_figure, style
+from .plots import TERMS, draw_power_stack, new_figure, save_figure, style
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,9 @@ def read_run(folder: str | Path) -> RunRecord:
 
 
 def _stack(ax, fractions: dict[str, list[float | None]], title: str) -> None:
-    depth = list(range(1, len(fractions["p1"]) + 1))
-    values = [[v if v is not None else 0.0 for v in fractions[t]] for t in TERMS]
-    ax.stackplot(
-        depth,
-        *values,
-        labels=[TERM_LABELS[t] for t in TERMS],
-        colors=[TERM_COLORS[t] for t in TERMS],
-        alpha=0.85,
-    )
-    ax.set(title=title, xlabel="layer l", ylim=(0, 1), xlim=(1, max(depth[-1], 2)))
+    """A probe's fractions (None where a layer had no power, drawn as 0) as stacked areas."""
+    draw_power_stack(ax, {t: [v if v is not None else 0.0 for v in fractions[t]] for t in TERMS})
+    ax.set(title=title)
 
 
 def plot_power_through_training(runs: Sequence[RunRecord], path: str | Path) -> list[Path]:

@@ -198,15 +198,21 @@ def _number(
 CONFIG_KEYS = tuple(f.name for f in fields(TrainConfig))
 
 
-def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (default: the defaults) with ``values`` set; unknown keys suggest the closest."""
+def check_keys(values: dict[str, Any], where: str) -> None:
+    """Raise :class:`ConfigError` for the first key of ``values`` that is no config key, with
+    the closest one suggested; ``where`` names the place (a file section, a grid case)."""
     for key in values:
         if key not in CONFIG_KEYS:
             suggestion = closest(key, CONFIG_KEYS)
             hint = f"; did you mean {suggestion!r}?" if suggestion else ""
             raise ConfigError(
-                f"unknown config key {key!r}{hint} Valid keys: {', '.join(CONFIG_KEYS)}"
+                f"{where}: {key!r} is not a config key{hint} Valid keys: {', '.join(CONFIG_KEYS)}"
             )
+
+
+def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: the defaults) with ``values`` set; unknown keys suggest the closest."""
+    check_keys(values, "config")
     if "milestones" in values and values["milestones"] is not None:
         values = {**values, "milestones": tuple(values["milestones"])}
     return dataclasses.replace(base or TrainConfig(), **values)
