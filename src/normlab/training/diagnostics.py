@@ -1,8 +1,10 @@
 r"""The papers' diagnostics through training, on a fixed probe batch.
 
 At initialisation and every ``diagnostics_every`` epochs the loop records, on the same probe
-batch (the first test images, without augmentation) and in evaluation mode (running statistics,
-no dropout, no side effect on the model):
+batch (the first test images, without augmentation), with the normalizers using the probe's own
+batch statistics as in training (at initialisation BatchNorm's running statistics are still
+(0, 1), so evaluation mode would not normalize at all) but without dropout or stochastic depth,
+on a copy of the model (no side effect on its running statistics):
 
 * the power decomposition P1..P4 of every normalization step's output ỹ (PN paper Eq. 5) and its
   collapse measures — Fig. 2's bottom row is these fractions against depth, epoch by epoch;
@@ -16,6 +18,7 @@ Each record is one line of the run folder's ``diagnostics.jsonl``.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -30,6 +33,7 @@ from ..diagnostics import (
     signal_propagation,
     stable_rank,
 )
+from ..layers.base import Normalization
 
 PROBE_SIZE = 64
 
@@ -101,16 +105,25 @@ def _features(model: nn.Module, x: Tensor) -> dict[str, float] | None:
     return {"cosine_similarity": cosine_similarity(features), "stable_rank": stable_rank(features)}
 
 
+NORMALIZERS = (Normalization, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def batch_statistics_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in evaluation mode except its normalizers, which use batch statistics
+    (their running statistics, updated in the copy only, are never read)."""
+    probe = copy.deepcopy(model).eval()
+    for module in probe.modules():
+        if isinstance(module, NORMALIZERS):
+            module.train()
+    return probe
+
+
 @torch.no_grad()
 def snapshot(model: nn.Module, x: Tensor, epochs_done: int) -> dict[str, Any]:
     """The diagnostics of ``model`` on the probe batch ``x`` after ``epochs_done`` epochs."""
-    was_training = model.training
-    model.eval()
-    try:
-        record: dict[str, Any] = {"epochs_done": epochs_done}
-        record["power"] = _power(model, x)
-        record["signal"] = _signal(model, x)
-        record["features"] = _features(model, x)
-    finally:
-        model.train(was_training)
+    probe = batch_statistics_copy(model)
+    record: dict[str, Any] = {"epochs_done": epochs_done}
+    record["power"] = _power(probe, x)
+    record["signal"] = _signal(probe, x)
+    record["features"] = _features(probe, x)
     return record
