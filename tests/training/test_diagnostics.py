@@ -37,3 +37,11 @@ def test_no_dropout_or_stochastic_depth_in_the_probe():
     assert all(m.training for m in copy.modules() if type(m).__name__ == "GroupNorm")
     first, second = snapshot(model, _probe(), 0), snapshot(model, _probe(), 0)
     assert first == second
+
+
+def test_a_model_without_normalization_steps_has_no_power_but_its_other_diagnostics():
+    torch.manual_seed(0)
+    model = create("cnn10", norm="none+wn", width=0.25, num_classes=10)
+    record = snapshot(model, _probe(), 0)
+    assert record["power"] is None
+    assert 0 < record["features"]["stable_rank"] <= 32

@@ -8,6 +8,8 @@ from pathlib import Path
 from ..training.config import ConfigError
 from .grid import expand, load_grid
 from .presets import PRESETS, preset
+from .reproduce import reproduce
+from .reproductions import REPRODUCTIONS
 from .sweep import EXECUTORS, plan, run_sweep
 from .table import METRICS, write_table
 
@@ -65,6 +67,38 @@ def cmd_table(args: argparse.Namespace, console) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace, console) -> int:
+    if args.list or args.name is None:
+        for name, reproduction in REPRODUCTIONS.items():
+            console.print(f"{name:18s} {reproduction.title}", highlight=False)
+        return 0 if args.list else 2
+    if not args.data:
+        raise ConfigError(
+            f"normlab reproduce {args.name} needs --data, e.g. "
+            "fashion-mnist:../shared/data/fashion-mnist (or cifar10:DIR)"
+        )
+    if args.max_parallel < 1:
+        raise ConfigError(f"--max-parallel must be a positive integer, got {args.max_parallel}")
+    command = f"normlab reproduce {args.name} --data {args.data}"
+    if args.max_parallel != 1:
+        command += f" --max-parallel {args.max_parallel}"
+    outcome = reproduce(
+        args.name,
+        args.data,
+        args.runs,
+        args.out,
+        args.max_parallel,
+        command=command,
+        on_event=lambda line: console.print(line, highlight=False),
+    )
+    for claim in outcome.findings.claims:
+        console.print(f"{claim.verdict:13s} {claim.text}: {claim.measured}", highlight=False)
+    for problem in outcome.problems:
+        console.print(problem, highlight=False)
+    console.print(f"verdict: {outcome.verdict}; written: {outcome.document}", highlight=False)
+    return 0
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser("sweep", help="run a grid of trainings (submitit, resumable)")
     sweep.add_argument("grid", nargs="?", help="the grid YAML file (base, grid, cases, out)")
@@ -90,3 +124,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     table.add_argument("--where", action="append", metavar="KEY=VALUE", help="select runs")
     table.add_argument("--out", help="where to write the tables (default: the folder)")
     table.set_defaults(run=cmd_table)
+    again = commands.add_parser(
+        "reproduce", help="run a paper claim's sweep at CPU scale and write its verdict"
+    )
+    again.add_argument("name", nargs="?", choices=list(REPRODUCTIONS), help="the reproduction")
+    again.add_argument("--list", action="store_true", help="list the reproductions")
+    again.add_argument("--data", help="data spec, e.g. fashion-mnist:../shared/data/fashion-mnist")
+    again.add_argument("--runs", default="runs", help="parent of the sweep folder (runs)")
+    again.add_argument("--out", default="docs/results", help="where the document goes")
+    again.add_argument("--max-parallel", type=int, default=1, help="runs at a time")
+    again.set_defaults(run=cmd_reproduce)

@@ -70,11 +70,19 @@ def _stack(ax, fractions: dict[str, list[float | None]], title: str) -> None:
     ax.set(title=title)
 
 
+def _with_power(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """The runs whose probes hold a power decomposition (models with normalization steps)."""
+    return [run for run in runs if run.diagnostics and run.diagnostics[0].get("power")]
+
+
 def plot_power_through_training(runs: Sequence[RunRecord], path: str | Path) -> list[Path]:
     """Fig. 2 bottom row: one row per run, one panel per probed epoch."""
-    runs = [run for run in runs if run.diagnostics]
+    runs = _with_power(runs)
     if not runs:
-        raise ValueError("no run has diagnostics: train with --diagnostics-every K")
+        raise ValueError(
+            "no run has a power decomposition: train a model with normalization steps with "
+            "--diagnostics-every K"
+        )
     columns = max(len(run.diagnostics) for run in runs)
     with style():
         fig, axes = new_figure(columns * len(runs), width=2.8, height=2.5, columns=columns)
@@ -98,9 +106,12 @@ def plot_power_through_training(runs: Sequence[RunRecord], path: str | Path) -> 
 def plot_power_by_depth(runs: Sequence[RunRecord], path: str | Path) -> list[Path]:
     """P1/P (the collapsed part of the power) against epochs for the first, middle and last
     normalization step, one panel per run."""
-    runs = [run for run in runs if run.diagnostics]
+    runs = _with_power(runs)
     if not runs:
-        raise ValueError("no run has diagnostics: train with --diagnostics-every K")
+        raise ValueError(
+            "no run has a power decomposition: train a model with normalization steps with "
+            "--diagnostics-every K"
+        )
     with style():
         fig, axes = new_figure(len(runs), width=3.6, height=2.8, columns=min(len(runs), 3))
         for ax, run in zip(axes, runs, strict=True):
@@ -148,7 +159,7 @@ def plot_runs(folders: Sequence[str | Path], out: str | Path) -> list[Path]:
     written = []
     if any(run.metrics for run in runs):
         written += plot_training_curves(runs, out / "training_curves")
-    if any(run.diagnostics for run in runs):
+    if _with_power(runs):
         written += plot_power_through_training(runs, out / "power_through_training")
         written += plot_power_by_depth(runs, out / "power_by_depth")
     if not written:

@@ -7,7 +7,8 @@ batch statistics as in training (at initialisation BatchNorm's running statistic
 on a copy of the model (no side effect on its running statistics):
 
 * the power decomposition P1..P4 of every normalization step's output ỹ (PN paper Eq. 5) and its
-  collapse measures — Fig. 2's bottom row is these fractions against depth, epoch by epoch;
+  collapse measures (``None`` for a model without normalization steps) — Fig. 2's bottom row
+  is these fractions against depth, epoch by epoch;
 * the signal propagation (squared mean, variance, residual-branch variance per block) where the
   model has residual blocks (Brock et al. 2021a);
 * the cosine similarity and stable rank of the penultimate features, the classifier's input
@@ -33,6 +34,7 @@ from ..diagnostics import (
     signal_propagation,
     stable_rank,
 )
+from ..diagnostics.probes import resolve
 from ..layers.base import Normalization
 
 PROBE_SIZE = 64
@@ -61,7 +63,11 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _power(model: nn.Module, x: Tensor) -> dict[str, Any]:
+def _power(model: nn.Module, x: Tensor) -> dict[str, Any] | None:
+    try:
+        resolve(model, "norm", None)
+    except ValueError:  # no normalization step (a normalizer-free or weight-normalized net)
+        return None
     profile = power_profile(model, x)
     layers, fractions = [], {term: [] for term in ("p1", "p2", "p3", "p4")}
     collapse = []

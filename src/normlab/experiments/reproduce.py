@@ -1,0 +1,138 @@
+r"""``normlab reproduce NAME --data SPEC``: run one reproduction's sweep and write its document.
+
+The sweep (:func:`~normlab.experiments.sweep.run_sweep`, submitit's local executor) runs in
+``runs/NAME`` (finished runs are kept, so a killed reproduction resumes where it stopped); then
+the analysis of :mod:`~normlab.experiments.reproductions` judges each claim from the finished runs
+and ``docs/results/NAME.md`` is written (figures in ``docs/results/NAME/``): the verdict, the
+claims with their numbers, the tables, the figures, the settings and the command that
+regenerates it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._checks import unknown
+from ..training.checkpoint import write_text_atomic
+from . import claims as c
+from .grid import expand
+from .reproductions import REPRODUCTIONS, Findings, Reproduction, Scale
+from .sweep import run_sweep
+from .table import read_runs
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A written reproduction: its document, verdict and the runs it could not use."""
+
+    document: Path
+    verdict: str
+    findings: Findings
+    problems: list[str]
+
+
+def get(name: str) -> Reproduction:
+    if name not in REPRODUCTIONS:
+        raise unknown("reproduction", name, REPRODUCTIONS)
+    return REPRODUCTIONS[name]
+
+
+def reproduce(
+    name: str,
+    data: str,
+    runs: str | Path = "runs",
+    out: str | Path = "docs/results",
+    max_parallel: int = 1,
+    scale: Scale | None = None,
+    command: str | None = None,
+    on_event=print,
+) -> Outcome:
+    """Run reproduction ``name`` on ``data`` and write ``out/NAME.md``; return its outcome."""
+    reproduction = get(name)
+    folder, planned = expand(reproduction.spec(data, scale), Path(runs) / name)
+    started = time.perf_counter()
+    run_sweep(folder, planned, "local", max_parallel, on_event=on_event)
+    sweep_seconds = time.perf_counter() - started
+    found = read_runs(folder)
+    rows = [row | {"folder": str(folder / row["run"])} for row in found.rows]
+    figures = Path(out) / name
+    figures.mkdir(parents=True, exist_ok=True)
+    findings = reproduction.analyse(rows, figures)
+    verdict = c.overall(findings.claims)
+    text = document(
+        reproduction,
+        findings,
+        verdict,
+        rows,
+        found.problems,
+        scale or reproduction.scale,
+        sweep_seconds,
+        max_parallel,
+        command or f"normlab reproduce {name} --data {data}",
+        Path(out),
+    )
+    path = Path(out) / f"{name}.md"
+    write_text_atomic(path, text)
+    return Outcome(path, verdict, findings, found.problems)
+
+
+def _settings(reproduction: Reproduction, scale: Scale) -> str:
+    base = {**reproduction.base, **scale.base()}
+    return ", ".join(f"{k} {v}" for k, v in base.items()) + f"; {scale.seeds} seed(s)"
+
+
+def document(
+    reproduction: Reproduction,
+    findings: Findings,
+    verdict: str,
+    rows: list[dict],
+    problems: list[str],
+    scale: Scale,
+    sweep_seconds: float,
+    max_parallel: int,
+    command: str,
+    out: Path,
+) -> str:
+    """The markdown of a reproduction's result document."""
+    run_seconds = sum(r.get("wall_seconds") or 0.0 for r in rows)
+    lines = [
+        f"# {reproduction.title}",
+        "",
+        f"**Verdict: {verdict}** (from the numbers below; every claim must hold for 'reproduced').",
+        "",
+        f"Source: {reproduction.source}. Claim: {reproduction.statement}",
+        "",
+        f"Regenerate: `{command}` (then the sweep folder holds every run; finished runs are "
+        "reused, so rerunning only redoes the analysis).",
+        "",
+        f"Scale: {reproduction.settings}; {_settings(reproduction, scale)}.",
+        "",
+        "| claim | measured | verdict |",
+        "|---|---|---|",
+        *(f"| {cl.text} | {cl.measured} | {cl.verdict} |" for cl in findings.claims),
+        "",
+        "Rules: A > B holds when the difference of the means exceeds twice its standard error "
+        "(partly when only its sign is right); A ≥ B when A is not below B by more than that; "
+        "A ≈ B when they differ by at most the larger of that and the stated tolerance.",
+        "",
+    ]
+    for block in findings.body:
+        lines += [block, ""]
+    for figure in findings.figures:
+        relative = figure.relative_to(out) if figure.is_relative_to(out) else figure
+        lines += [f"![{figure.stem}]({relative})", ""]
+    if problems:
+        lines += ["Runs not used:", "", *(f"- {p}" for p in problems), ""]
+    lines += [
+        f"{len(rows)} finished runs, {run_seconds / 60:.1f} min of training in all; this "
+        f"invocation's sweep took {sweep_seconds / 60:.1f} min with {max_parallel} job(s) at a "
+        f"time on {platform.machine()} ({torch.get_num_threads()} threads available), torch "
+        f"{torch.__version__}.",
+        "",
+    ]
+    return "\n".join(lines)
