@@ -53,14 +53,14 @@ def test_local_sweep_runs_jobs_in_parallel_and_skips_finished_runs(tmp_path):
 
 
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
-    spec = {"base": TINY, "cases": [{}, {"data": f"mnist:{tmp_path / 'nowhere'}"}]}
+    spec = {"base": TINY, "cases": [{}, {"limit": 8}]}  # 8 samples: no batch of 16 to train on
     folder, runs = expand(spec, tmp_path / "sweep")
     events: list[str] = []
     entries = run_sweep(folder, runs, "local", max_parallel=1, on_event=events.append)
     assert sorted(e["status"] for e in entries) == ["failed", "finished"]
-    failed = next(r for r in runs if "nowhere" in r.config.data)
-    assert "nowhere" in _summary(failed.config.out)["error"]
-    assert any(e.startswith("failed") and "nowhere" in e for e in events)
+    failed = next(r for r in runs if r.config.limit == 8)
+    assert "fewer than batch_size 16" in _summary(failed.config.out)["error"]
+    assert any(e.startswith("failed") and "fewer than batch_size" in e for e in events)
 
 
 def test_a_killed_sweep_resumes_its_unfinished_runs(tmp_path):
@@ -116,3 +116,14 @@ def test_sweep_cli_errors(args, message, capsys):
 
     assert main(["sweep", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_missing_data_folder_fails_the_sweep_before_any_job(tmp_path):
+    from normlab.training.config import ConfigError
+
+    spec = {"base": {"data": f"fashion-mnist:{tmp_path / 'nowhere'}"}, "grid": {"seed": [0, 1]}}
+    folder, runs = expand(spec, tmp_path / "sweep")
+    with pytest.raises(ConfigError, match=r"nowhere.*does not exist"):
+        run_sweep(folder, runs)
+    assert not (folder / ".submitit").exists()
+    assert not any(folder.glob("*/config.yaml"))

@@ -79,8 +79,13 @@ def test_corrupt_and_unfinished_runs_are_reported_not_dropped(sweep):
     (folder / "broken").mkdir()
     (folder / "broken" / "summary.json").write_text("{not json")
     fabricate(folder, "diverged", 0.1, status="diverged", norm="ln")
+    (folder / "failed").mkdir()  # a job's own record of a failure, as run_one writes it
+    (folder / "failed" / "summary.json").write_text(
+        json.dumps({"status": "failed", "error": "ValueError: no data"})
+    )
     runs = read_runs(folder)
     assert len(runs.rows) == 6
+    assert any("status 'failed' (ValueError: no data)" in p for p in runs.problems)
     assert any("broken" in p and "corrupt summary" in p for p in runs.problems)
     assert any("diverged" in p and "status 'diverged'" in p for p in runs.problems)
     _, notes = write_table(folder)

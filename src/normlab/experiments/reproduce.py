@@ -10,6 +10,7 @@ regenerates it.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..training.checkpoint import write_text_atomic
 from . import claims as c
 from .grid import expand
 from .reproductions import REPRODUCTIONS, Findings, Reproduction, Scale
-from .sweep import run_sweep
+from .sweep import job_threads, run_sweep
 from .table import read_runs
 
 
@@ -75,14 +76,15 @@ def reproduce(
         max_parallel,
         command or f"normlab reproduce {name} --data {data}",
         Path(out),
+        data,
     )
     path = Path(out) / f"{name}.md"
     write_text_atomic(path, text)
     return Outcome(path, verdict, findings, found.problems)
 
 
-def _settings(reproduction: Reproduction, scale: Scale) -> str:
-    base = {**reproduction.base, **scale.base()}
+def _settings(reproduction: Reproduction, scale: Scale, data: str) -> str:
+    base = {"data": data, **reproduction.base, **scale.base()}
     return ", ".join(f"{k} {v}" for k, v in base.items()) + f"; {scale.seeds} seed(s)"
 
 
@@ -97,6 +99,7 @@ def document(
     max_parallel: int,
     command: str,
     out: Path,
+    data: str,
 ) -> str:
     """The markdown of a reproduction's result document."""
     run_seconds = sum(r.get("wall_seconds") or 0.0 for r in rows)
@@ -110,7 +113,7 @@ def document(
         f"Regenerate: `{command}` (then the sweep folder holds every run; finished runs are "
         "reused, so rerunning only redoes the analysis).",
         "",
-        f"Scale: {reproduction.settings}; {_settings(reproduction, scale)}.",
+        f"Scale: {reproduction.settings}; {_settings(reproduction, scale, data)}.",
         "",
         "| claim | measured | verdict |",
         "|---|---|---|",
@@ -131,8 +134,8 @@ def document(
     lines += [
         f"{len(rows)} finished runs, {run_seconds / 60:.1f} min of training in all; this "
         f"invocation's sweep took {sweep_seconds / 60:.1f} min with {max_parallel} job(s) at a "
-        f"time on {platform.machine()} ({torch.get_num_threads()} threads available), torch "
-        f"{torch.__version__}.",
+        f"time, {job_threads(max_parallel)} thread(s) each, on {platform.machine()} "
+        f"({os.cpu_count()} cores), torch {torch.__version__}.",
         "",
     ]
     return "\n".join(lines)

@@ -80,7 +80,11 @@ def run_one(config: dict[str, Any], threads: int | None = None) -> dict[str, Any
     try:
         summary = train(settings)
     except Exception as error:  # recorded, the sweep goes on
-        summary = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        summary = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "config": config,
+        }
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"normlab job: end {settings.out} at {time.time():.3f}", flush=True)
@@ -105,7 +109,8 @@ def make_executor(
     return executor
 
 
-def _threads(max_parallel: int) -> int:
+def job_threads(max_parallel: int) -> int:
+    """Torch threads of each local job: the cores shared by the jobs running at a time."""
     return max(1, (os.cpu_count() or 1) // max_parallel)
 
 
@@ -126,9 +131,11 @@ def run_sweep(
         if state.status in FINAL:
             on_event(f"skip   {state.run.name} ({state.status})")
     folder.mkdir(parents=True, exist_ok=True)
+    if todo and executor == "local":
+        check_data(todo)
     if todo:
         engine = make_executor(executor, folder, max_parallel, parameters)
-        threads = _threads(max_parallel) if executor == "local" else None
+        threads = job_threads(max_parallel) if executor == "local" else None
         configs = [s.run.config.to_dict() for s in todo]
         if executor == "local":
             _run_local(engine, todo, configs, threads, max_parallel, on_event)
@@ -145,6 +152,19 @@ def run_sweep(
     ]  # fmt: skip
     write_text_atomic(folder / "sweep.json", json.dumps(entries, indent=2, default=str) + "\n")
     return entries
+
+
+def check_data(todo: list[RunState]) -> None:
+    """Open every data spec the runs use once, before any job starts: a missing folder fails
+    the sweep at once instead of every run one by one (locally; a cluster's nodes may see
+    other files)."""
+    from ..data import load_data
+
+    for spec in dict.fromkeys(state.run.config.data for state in todo):
+        try:
+            load_data(spec, "train", limit=1)
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"data {spec!r}: {error}") from None
 
 
 def _run_local(engine, todo, configs, threads, max_parallel, on_event) -> None:

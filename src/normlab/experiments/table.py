@@ -53,15 +53,17 @@ def read_runs(folder: str | Path) -> Runs:
     for path in sorted(folder.rglob("summary.json")):
         try:
             summary = json.loads(path.read_text())
-            config = summary["config"]
             status = summary["status"]
+            if status == "finished":
+                config = summary["config"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             runs.problems.append(
                 f"{path}: corrupt summary ({type(error).__name__}: {error}), skipped"
             )
             continue
         if status != "finished":
-            runs.problems.append(f"{path.parent}: status {status!r}, not in the table")
+            error = f" ({summary['error']})" if summary.get("error") else ""
+            runs.problems.append(f"{path.parent}: status {status!r}{error}, not in the table")
             continue
         runs.rows.append({"run": str(path.parent.relative_to(folder)), **config, **summary})
     if not runs.rows and not runs.problems:
