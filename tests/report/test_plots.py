@@ -16,10 +16,13 @@ from normlab.diagnostics import (
 )
 from normlab.report import (
     plot_cosine_similarity,
+    plot_feature_similarity,
     plot_gradient_norms,
     plot_power_decomposition,
     plot_signal_propagation,
+    plot_signal_propagation_rows,
     plot_stable_rank,
+    plot_variance_growth,
     power_fractions,
     save_figure,
 )
@@ -105,3 +108,49 @@ def test_gradient_and_cosine_figures(tmp_path):
     assert save_figure(fig, tmp_path / "cos.png") == [tmp_path / "cos.png", tmp_path / "cos.svg"]
     with pytest.raises(ValueError, match="non-empty mapping"):
         plot_cosine_similarity({})
+
+
+def test_signal_propagation_rows_figure(tmp_path):
+    spp = SignalPropagation(["stem", "b1", "b2"], [0.1, 0.2, 0.1], [1.0, 10.0, 100.0],
+                            [None, 5.0, 50.0], has_stem=True)  # fmt: skip
+    plain = {"squared_mean": [1.0, 2.0], "variance": [1.0, 2.0], "branch_variance": [None, 1.0]}
+    rows = {"Fig. 4": {"none": spp, "bn": plain}, "Fig. 5": {"nf": plain}}
+    fig = plot_signal_propagation_rows(rows, path=tmp_path / "rows")
+    labelled(fig, "Hoedt et al. 2022")
+    assert len(fig.axes) == 4
+    assert all(ax.get_yscale() == "log" for ax in fig.axes)
+    assert fig.axes[2].get_title().startswith("Fig. 5")
+    written(tmp_path / "rows")
+    assert plot_signal_propagation_rows(rows, log=False).axes[0].get_yscale() == "linear"
+    with pytest.raises(ValueError, match="row 'Fig\\. 5'"):
+        plot_signal_propagation_rows({"Fig. 5": {}})
+
+
+def test_variance_growth_figure(tmp_path):
+    panels = {"activation": {"bn": [0.3, 0.7, 1.1, 0.6]},
+              "parametric": {"wn": [1.0, 4.0, 16.0, 64.0], "wn + SkipInit": [1.0] * 4}}  # fmt: skip
+    fig = plot_variance_growth(panels, boundaries=[2.5], log_panels=["parametric"],
+                               dashed=["wn + SkipInit"], path=tmp_path / "var")  # fmt: skip
+    labelled(fig, "Claims 1-2")
+    assert [ax.get_yscale() for ax in fig.axes] == ["linear", "log"]
+    lines = {line.get_label(): line for line in fig.axes[1].get_lines()}
+    assert lines["wn + SkipInit"].get_linestyle() == "--"
+    assert lines["wn + SkipInit"].get_color() == lines["wn"].get_color()
+    written(tmp_path / "var")
+    with pytest.raises(ValueError, match="not panels"):
+        plot_variance_growth(panels, log_panels=["other"])
+
+
+def test_feature_similarity_figure(tmp_path):
+    maps = {"CNN-10": {"bn": 0.45, "ln": 0.89, "ln+pn": 0.03}, "ResNet-56": {"bn": 0.8}}
+    fig = plot_feature_similarity(maps, pooled={"CNN-10": {"bn": 0.7, "ln": 0.95}},
+                                  path=tmp_path / "sim")  # fmt: skip
+    labelled(fig, "Fig. 5")
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].patches) == 3
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["bn", "ln", "ln+pn"]
+    assert any("pooling" in line.get_label() for line in fig.axes[0].get_lines())
+    assert not fig.axes[1].get_lines()
+    written(tmp_path / "sim")
+    with pytest.raises(ValueError, match="not panels"):
+        plot_feature_similarity(maps, pooled={"VGG": {"bn": 0.1}})

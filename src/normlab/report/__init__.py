@@ -12,10 +12,13 @@ from .checks import Check, summarize
 from .html import ReportFiles, Section, Table, render_html, write_report
 from .plots import (
     plot_cosine_similarity,
+    plot_feature_similarity,
     plot_gradient_norms,
     plot_power_decomposition,
     plot_signal_propagation,
+    plot_signal_propagation_rows,
     plot_stable_rank,
+    plot_variance_growth,
     power_fractions,
     save_figure,
 )
@@ -27,10 +30,13 @@ __all__ = [
     "Section",
     "Table",
     "plot_cosine_similarity",
+    "plot_feature_similarity",
     "plot_gradient_norms",
     "plot_power_decomposition",
     "plot_signal_propagation",
+    "plot_signal_propagation_rows",
     "plot_stable_rank",
+    "plot_variance_growth",
     "power_fractions",
     "render_html",
     "save_figure",

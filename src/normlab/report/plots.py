@@ -9,11 +9,18 @@ needed.
 * :func:`plot_power_decomposition`: stacked P1..P4 fractions vs depth, one panel per scheme
   (PN paper, Fig. 2), with Theorem 1's bound on the panels given one;
 * :func:`plot_signal_propagation`: SPPs (Brock et al. 2021, Fig. 1; Hoedt et al. 2022);
+* :func:`plot_signal_propagation_rows`: rows of SPPs on log scales, e.g. a ResNet without
+  normalization vs with BN and an NF-ResNet with plain vs scaled-WS convs (Hoedt et al. 2022,
+  Figs. 4 and 5);
 * :func:`plot_stable_rank`: stable rank vs sqrt(width / group size) with its line fit
   (Beyond BatchNorm, Fig. 6a);
 * :func:`plot_gradient_norms`: gradient norm vs depth, log scale (Beyond BatchNorm, Fig. 8);
 * :func:`plot_cosine_similarity`: mean pairwise cosine similarity vs depth (Beyond BatchNorm,
-  Section 4).
+  Section 4);
+* :func:`plot_variance_growth`: activation variance vs block through a ResNet, per group of
+  normalizers (Beyond BatchNorm, Claims 1-2);
+* :func:`plot_feature_similarity`: bars of the penultimate features' cosine similarity per
+  normalizer and model (Beyond BatchNorm, Fig. 5).
 """
 
 from __future__ import annotations
@@ -224,44 +231,79 @@ def plot_signal_propagation(
     _check_panels(models, "plot_signal_propagation")
     with style():
         fig, (ax_mean, ax_var) = new_figure(2)
-        for index, (label, spp) in enumerate(models.items()):
-            color = f"C{index % 7}"
-            depth = _depth(spp)
-            ax_mean.plot(
-                depth, _floats(_field(spp, "squared_mean")), "o-", ms=3, color=color, label=label
-            )
-            ax_var.plot(
-                depth, _floats(_field(spp, "variance")), "o-", ms=3, color=color, label=label
-            )
-            branch = [
-                (d, v)
-                for d, v in zip(depth, _field(spp, "branch_variance"), strict=True)
-                if v is not None
-            ]
-            if branch:
-                ax_var.plot(
-                    *zip(*branch, strict=True),
-                    "--",
-                    color=color,
-                    lw=1,
-                    label=f"{label}: residual branch",
-                )
-        ax_mean.set(
-            title="average squared channel mean",
-            xlabel="block (0 = stem)",
-            ylabel=r"mean$_c$ $E[x_c]^2$",
-        )
-        ax_var.set(
-            title="average channel variance",
-            xlabel="block (0 = stem)",
-            ylabel=r"mean$_c$ $Var[x_c]$",
-        )
-        if log_variance:
-            ax_var.set_yscale("log")
-        ax_mean.legend()
-        ax_var.legend()
+        draw_signal_propagation(ax_mean, ax_var, models, log_variance=log_variance)
         fig.suptitle(title)
     return _finish(fig, path)
+
+
+def plot_signal_propagation_rows(
+    rows: Mapping[str, Mapping[str, object]],
+    path: str | Path | None = None,
+    title: str = "Signal propagation without normalization (Hoedt et al. 2022, Figs. 4 and 5)",
+    log: bool = True,
+) -> Figure:
+    """One row of SPP panels per comparison (``rows``: row title -> the ``models`` of
+    :func:`plot_signal_propagation`), both panels of every row on a log scale by default, since
+    an unnormalized network's statistics span orders of magnitude."""
+    _check_panels(rows, "plot_signal_propagation_rows")
+    with style():
+        fig, axes = new_figure(2 * len(rows), columns=2)
+        for index, (row, models) in enumerate(rows.items()):
+            _check_panels(models, f"row {row!r} of plot_signal_propagation_rows")
+            ax_mean, ax_var = axes[2 * index : 2 * index + 2]
+            draw_signal_propagation(ax_mean, ax_var, models, log_variance=log, log_mean=log)
+            for ax in (ax_mean, ax_var):
+                ax.set_title(f"{row}: {ax.get_title()}")
+                ax.legend(fontsize=7)
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def draw_signal_propagation(
+    ax_mean,
+    ax_var,
+    models: Mapping[str, object],
+    log_variance: bool = False,
+    log_mean: bool = False,
+) -> None:
+    """The two SPP panels on ``ax_mean`` (average squared channel mean) and ``ax_var`` (average
+    channel variance, the residual-branch variance dashed), one colour per model."""
+    for index, (label, spp) in enumerate(models.items()):
+        color = f"C{index % 7}"
+        depth = _depth(spp)
+        ax_mean.plot(
+            depth, _floats(_field(spp, "squared_mean")), "o-", ms=3, color=color, label=label
+        )
+        ax_var.plot(depth, _floats(_field(spp, "variance")), "o-", ms=3, color=color, label=label)
+        branch = [
+            (d, v)
+            for d, v in zip(depth, _field(spp, "branch_variance"), strict=True)
+            if v is not None
+        ]
+        if branch:
+            ax_var.plot(
+                *zip(*branch, strict=True),
+                "--",
+                color=color,
+                lw=1,
+                label=f"{label}: residual branch",
+            )
+    ax_mean.set(
+        title="average squared channel mean",
+        xlabel="block (0 = stem)",
+        ylabel=r"mean$_c$ $E[x_c]^2$",
+    )
+    ax_var.set(
+        title="average channel variance",
+        xlabel="block (0 = stem)",
+        ylabel=r"mean$_c$ $Var[x_c]$",
+    )
+    if log_mean:
+        ax_mean.set_yscale("log")
+    if log_variance:
+        ax_var.set_yscale("log")
+    ax_mean.legend()
+    ax_var.legend()
 
 
 def _depth(spp: object) -> list[int]:
@@ -360,6 +402,92 @@ def plot_cosine_similarity(
             ax.plot(range(1, len(values) + 1), _floats(values), "o-", ms=3, label=label)
         ax.set(title=title, xlabel="layer l", ylabel="cosine similarity", ylim=(-0.05, 1.05))
         ax.legend()
+    return _finish(fig, path)
+
+
+def plot_variance_growth(
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    boundaries: Sequence[float] = (),
+    log_panels: Sequence[str] = (),
+    dashed: Sequence[str] = (),
+    path: str | Path | None = None,
+    title: str = "Activation variance through a ResNet (Beyond BatchNorm, Claims 1-2)",
+) -> Figure:
+    """Average channel variance vs block index (0 = stem), one panel per group of schemes
+    (``panels``: panel title -> {label: variances}), with dotted vertical lines at the
+    ``boundaries`` (e.g. between stages), a log y-scale on the panels named in ``log_panels``
+    and dashed lines for the labels in ``dashed`` (e.g. the SkipInit variants), each in the
+    colour of the label it extends, if any ("none+wn + SkipInit" in that of "none+wn")."""
+    _check_panels(panels, "plot_variance_growth")
+    unknown_panels = set(log_panels) - set(panels)
+    if unknown_panels:
+        raise ValueError(
+            f"log_panels names {sorted(unknown_panels)}, which are not panels: {list(panels)}"
+        )
+    with style():
+        fig, axes = new_figure(len(panels), width=4.6)
+        for ax, (name, profiles) in zip(axes, panels.items(), strict=True):
+            _check_panels(profiles, f"panel {name!r} of plot_variance_growth")
+            colors: dict[str, str] = {}
+            for label in profiles:
+                parents = [p for p in colors if label in dashed and label.startswith(p)]
+                fresh = f"C{len(set(colors.values())) % 7}"
+                colors[label] = colors[max(parents, key=len)] if parents else fresh
+            for label, values in profiles.items():
+                line = "o--" if label in dashed else "o-"
+                ax.plot(
+                    range(len(values)),
+                    _floats(values),
+                    line,
+                    ms=2.5,
+                    color=colors[label],
+                    label=label,
+                )
+            for boundary in boundaries:
+                ax.axvline(boundary, color="0.5", lw=0.8, ls=":")
+            if name in log_panels:
+                ax.set_yscale("log")
+            ax.set(title=name, xlabel="block (0 = stem)", ylabel=r"mean$_c$ $Var[x_c]$")
+            ax.legend()
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_feature_similarity(
+    models: Mapping[str, Mapping[str, float]],
+    pooled: Mapping[str, Mapping[str, float]] | None = None,
+    path: str | Path | None = None,
+    title: str = "Cosine similarity of the penultimate features at init (Beyond BatchNorm, Fig. 5)",
+) -> Figure:
+    """Bars of the mean pairwise cosine similarity per normalizer, one panel per model
+    (``models``: model -> {scheme: similarity}); ``pooled`` (same keys) adds the similarity
+    after global average pooling as black markers."""
+    _check_panels(models, "plot_feature_similarity")
+    pooled = dict(pooled or {})
+    unknown_models = set(pooled) - set(models)
+    if unknown_models:
+        raise ValueError(
+            f"pooled values given for {sorted(unknown_models)}, which are not panels: "
+            f"{list(models)}"
+        )
+    with style():
+        fig, axes = new_figure(len(models), width=4.6)
+        for ax, (model, values) in zip(axes, models.items(), strict=True):
+            _check_panels(values, f"panel {model!r} of plot_feature_similarity")
+            labels = list(values)
+            heights = _floats(values.values())
+            ax.bar(range(len(labels)), heights, color="C0", alpha=0.8, label="feature map")
+            marks = [
+                (i, pooled[model][s]) for i, s in enumerate(labels) if s in pooled.get(model, {})
+            ]
+            if marks:
+                ax.plot(*zip(*marks, strict=True), "kD", ms=4, label="after global pooling")
+            ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+            bottom = min(0.0, *(h for h in heights if not math.isnan(h))) - 0.05
+            ax.set(title=model, xlabel="normalizer", ylabel="cosine similarity", ylim=(bottom, 1.3))
+            ax.grid(False, axis="x")
+            ax.legend(loc="upper left", ncol=2)
+        fig.suptitle(title)
     return _finish(fig, path)
 
 
