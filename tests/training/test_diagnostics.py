@@ -1,5 +1,6 @@
 """The diagnostics through training measure with batch statistics, on a copy of the model."""
 
+import pytest
 import torch
 
 from normlab.diagnostics import power_profile
@@ -45,3 +46,22 @@ def test_a_model_without_normalization_steps_has_no_power_but_its_other_diagnost
     record = snapshot(model, _probe(), 0)
     assert record["power"] is None
     assert 0 < record["features"]["stable_rank"] <= 32
+
+
+def test_feature_similarity_of_the_pooled_features_and_of_the_last_feature_map():
+    from normlab.diagnostics import cosine_similarity
+
+    torch.manual_seed(0)
+    model = create("cnn10", norm="in", width=0.25, num_classes=10)
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    features = snapshot(model, x, 0)["features"]
+    copy = batch_statistics_copy(model)
+    with torch.no_grad():
+        feature_map = copy.features(x)  # the head's input: the last layer's feature map
+        pooled = feature_map.mean((2, 3))
+    assert features["feature_map_cosine_similarity"] == cosine_similarity(
+        feature_map.flatten(1).double()
+    )
+    assert features["cosine_similarity"] == pytest.approx(cosine_similarity(pooled.double()))
+    # After IN every channel's spatial mean is nearly fixed: pooled features are near-identical
+    assert features["cosine_similarity"] > features["feature_map_cosine_similarity"] + 0.1

@@ -12,7 +12,8 @@ on a copy of the model (no side effect on its running statistics):
 * the signal propagation (squared mean, variance, residual-branch variance per block) where the
   model has residual blocks (Brock et al. 2021a);
 * the cosine similarity and stable rank of the penultimate features, the classifier's input
-  (Lubana et al. 2021).
+  (Lubana et al. 2021), and the cosine similarity of the last feature map before the pooling
+  (the classifier head's input, where Beyond BatchNorm measures it), for models with a head.
 
 Each record is one line of the run folder's ``diagnostics.jsonl``.
 """
@@ -45,18 +46,28 @@ def _classifier(model: nn.Module) -> nn.Linear | None:
     return linears[-1] if linears else None
 
 
-def penultimate_features(model: nn.Module, x: Tensor) -> Tensor | None:
-    """The input of the model's last linear layer for the batch ``x`` (None without one)."""
+def penultimate_features(model: nn.Module, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """For the batch ``x``: the input of the model's last linear layer (the pooled features)
+    and the input of its classifier head ``model.head`` (the last feature map, before the
+    pooling, where Beyond BatchNorm's probes sit), each flattened per sample; None where the
+    model has no such module."""
     classifier = _classifier(model)
-    if classifier is None:
-        return None
-    captured: list[Tensor] = []
-    handle = classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    head = getattr(model, "head", None)
+    captured: dict[str, Tensor] = {}
+    handles = [
+        module.register_forward_pre_hook(
+            lambda _m, args, key=key: captured.setdefault(key, args[0].detach())
+        )
+        for key, module in (("pooled", classifier), ("map", head))
+        if isinstance(module, nn.Module)
+    ]
     try:
         model(x)
     finally:
-        handle.remove()
-    return captured[0].detach().flatten(1).double()
+        for handle in handles:
+            handle.remove()
+    pooled, feature_map = (captured.get(k) for k in ("pooled", "map"))
+    return tuple(t.flatten(1).double() if t is not None else None for t in (pooled, feature_map))
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -104,11 +115,18 @@ def _signal(model: nn.Module, x: Tensor) -> dict[str, Any] | None:
     }
 
 
+def _usable(features: Tensor | None) -> bool:
+    return features is not None and features.shape[0] > 1 and bool(features.abs().sum() > 0)
+
+
 def _features(model: nn.Module, x: Tensor) -> dict[str, float] | None:
-    features = penultimate_features(model, x)
-    if features is None or features.shape[0] < 2 or not bool(features.abs().sum() > 0):
+    pooled, feature_map = penultimate_features(model, x)
+    if not _usable(pooled):
         return None
-    return {"cosine_similarity": cosine_similarity(features), "stable_rank": stable_rank(features)}
+    record = {"cosine_similarity": cosine_similarity(pooled), "stable_rank": stable_rank(pooled)}
+    if _usable(feature_map):
+        record["feature_map_cosine_similarity"] = cosine_similarity(feature_map)
+    return record
 
 
 NORMALIZERS = (Normalization, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
