@@ -9,10 +9,17 @@ For each model and scheme it measures, interleaved round after round (medians re
 * ``bare``     images/s of the loop a user would write over the same model: batches already in
                memory, forward, cross entropy, backward, SGD step, zero_grad.
 
-Ratios: harness overhead = bare / harness − 1 (target ≤ 3%), and each scheme's harness images/s
-over BatchNorm's (target for gn8+pn: ≥ 0.95×).
+``--clock cpu`` counts this process's CPU time instead of wall time (the harness's
+``cpu_seconds``), which a machine shared with other work disturbs much less; with ``--threads 1``
+it is the most repeatable measure of the harness's own cost.
 
-    python benchmarks/train_speed.py [--quick] [--markdown] [--device cpu]
+Ratios: harness overhead = bare / harness − 1 (target ≤ 3%), the median over rounds of the ratio
+measured within each round (harness and bare back to back, their order alternating from round to
+round, so that drifts of a shared machine cancel), and each scheme's harness images/s over
+BatchNorm's (target for gn8+pn: ≥ 0.95×).
+
+    python benchmarks/train_speed.py [--quick] [--markdown] [--device cpu] [--clock wall|cpu]
+                                     [--threads N] [--rounds R] [--models resnet20 resnet50]
 """
 
 from __future__ import annotations
@@ -30,11 +37,17 @@ import torch.nn.functional as F
 from normlab.training import TrainConfig, build_model, param_groups, train
 
 # model, input side, batch, steps per epoch
-MODELS = [("resnet20", 32, 128, 8), ("resnet50", 64, 16, 6)]
+MODELS = [("resnet20", 32, 128, 16), ("resnet50", 64, 16, 8)]
 SCHEMES = ["bn", "gn8", "gn8+pn", "ln+pn"]
 
 
-def harness_ips(model: str, side: int, batch: int, steps: int, norm: str, device: str) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+HARNESS_SECONDS = {"wall": "seconds", "cpu": "cpu_seconds"}
+
+
+def harness_ips(
+    model: str, side: int, batch: int, steps: int, norm: str, device: str, clock: str
+) -> float:
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(
             model=model,
@@ -51,10 +64,13 @@ def harness_ips(model: str, side: int, batch: int, steps: int, norm: str, device
         )
         train(config)
         rows = (Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()
-        return json.loads(rows[-1])["images_per_second"]
+        last = json.loads(rows[-1])
+        return last["train_samples"] / last[HARNESS_SECONDS[clock]]
 
 
-def bare_ips(model: str, side: int, batch: int, steps: int, norm: str, device: str) -> float:
+def bare_ips(
+    model: str, side: int, batch: int, steps: int, norm: str, device: str, clock: str
+) -> float:
     config = TrainConfig(model=model, norm=norm, device=device)
     net = build_model(config, num_classes=10, in_channels=3).to(device).train()
     optimizer = torch.optim.SGD(param_groups(net, 1e-4), lr=0.01, momentum=0.9)
@@ -67,8 +83,10 @@ def bare_ips(model: str, side: int, batch: int, steps: int, norm: str, device: s
         for _ in range(steps)
     ]
 
+    now = CLOCKS[clock]
+
     def epoch() -> float:
-        started = time.perf_counter()
+        started = now()
         for x, y in batches:
             loss = F.cross_entropy(net(x), y)
             loss.backward()
@@ -76,32 +94,41 @@ def bare_ips(model: str, side: int, batch: int, steps: int, norm: str, device: s
             optimizer.zero_grad(set_to_none=True)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return time.perf_counter() - started
+        return now() - started
 
     epoch()  # warm-up, as the harness's first epoch
     return batch * steps / epoch()
 
 
-def measure(model: str, side: int, batch: int, steps: int, device: str, rounds: int) -> dict:
-    """{scheme: (harness median, bare median)} images/s."""
-    samples: dict[str, dict[str, list[float]]] = {s: {"harness": [], "bare": []} for s in SCHEMES}
-    for _ in range(rounds):
-        for norm in SCHEMES:
-            samples[norm]["harness"].append(harness_ips(model, side, batch, steps, norm, device))
-            samples[norm]["bare"].append(bare_ips(model, side, batch, steps, norm, device))
-    return {
-        norm: (statistics.median(v["harness"]), statistics.median(v["bare"]))
-        for norm, v in samples.items()
+def measure(
+    model: str, side: int, batch: int, steps: int, device: str, rounds: int, clock: str
+) -> dict:
+    """{scheme: (harness median, bare median, median of the per-round overheads)}."""
+    samples: dict[str, dict[str, list[float]]] = {
+        s: {"harness": [], "bare": [], "overhead": []} for s in SCHEMES
     }
+    for round_ in range(rounds):
+        for norm in SCHEMES:
+            args = (model, side, batch, steps, norm, device, clock)
+            if round_ % 2:
+                bare = bare_ips(*args)
+                harness = harness_ips(*args)
+            else:
+                harness = harness_ips(*args)
+                bare = bare_ips(*args)
+            samples[norm]["harness"].append(harness)
+            samples[norm]["bare"].append(bare)
+            samples[norm]["overhead"].append(bare / harness - 1)
+    return {norm: tuple(statistics.median(v[k]) for k in v) for norm, v in samples.items()}
 
 
 def report(model: str, side: int, batch: int, results: dict, markdown: bool, say=print) -> None:
     header = ["scheme", "harness img/s", "bare img/s", "harness overhead", "vs bn (harness)"]
     rows = []
     bn = results["bn"][0]
-    for norm, (harness, bare) in results.items():
+    for norm, (harness, bare, overhead) in results.items():
         rows.append(
-            [norm, f"{harness:.1f}", f"{bare:.1f}", f"{100 * (bare / harness - 1):+.1f}%",
+            [norm, f"{harness:.1f}", f"{bare:.1f}", f"{100 * overhead:+.1f}%",
              f"{harness / bn:.2f}×"]
         )  # fmt: skip
     say(f"\n{model}, batch {batch} of 3×{side}×{side}")
@@ -120,15 +147,26 @@ def report(model: str, side: int, batch: int, results: dict, markdown: bool, say
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-20 only, one round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--models", nargs="+", choices=[m[0] for m in MODELS], help="only these models"
+    )
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall or CPU time")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     args = parser.parse_args()
     models = MODELS[:1] if args.quick else MODELS
+    models = [m for m in models if not args.models or m[0] in args.models]
     rounds = 1 if args.quick else args.rounds
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+        f"{args.clock} clock, {rounds} rounds"
+    )
     for model, side, batch, steps in models:
-        results = measure(model, side, batch, steps, args.device, rounds)
+        results = measure(model, side, batch, steps, args.device, rounds, args.clock)
         report(model, side, batch, results, args.markdown)
 
 

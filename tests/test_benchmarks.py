@@ -49,3 +49,21 @@ def test_naive_pn_is_eq7_with_the_reference_moments(pn_speed):
     layer.act.method = "reference"
     x = torch.randn(3, 8, 4, 4)
     torch.testing.assert_close(naive(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_train_speed_table(clock):
+    path = SCRIPT.with_name("train_speed.py")
+    spec = importlib.util.spec_from_file_location("train_speed", path)
+    train_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_speed)
+    results = train_speed.measure("resnet20", 8, 4, 2, "cpu", rounds=2, clock=clock)
+    assert list(results) == train_speed.SCHEMES
+    for harness, bare, overhead in results.values():
+        assert harness > 0
+        assert bare > 0
+        assert overhead > -1
+    lines = []
+    train_speed.report("resnet20", 8, 4, results, markdown=True, say=lines.append)
+    assert lines[1].startswith("| scheme | harness img/s |")
+    assert lines[-1].startswith("| ln+pn |")

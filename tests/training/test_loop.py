@@ -48,6 +48,7 @@ def test_a_tiny_run_writes_the_whole_run_folder(tmp_path):
     assert set(rows[0]) == set(METRIC_KEYS)
     assert (out / "metrics.csv").read_text().splitlines()[0].split(",") == list(METRIC_KEYS)
     assert 0 <= rows[0]["data_fraction"] < 1
+    assert rows[0]["cpu_seconds"] > 0
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 1
     assert {"model", "optimizer", "scheduler", "ema", "rng", "history"} <= set(state)

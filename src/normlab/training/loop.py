@@ -64,10 +64,11 @@ METRIC_KEYS = (
     "ema_test_accuracy",
     "lr",
     "seconds",
+    "cpu_seconds",
     "images_per_second",
     "data_fraction",
 )
-TIMING_KEYS = frozenset({"seconds", "images_per_second", "data_fraction"})
+TIMING_KEYS = frozenset({"seconds", "cpu_seconds", "images_per_second", "data_fraction"})
 STATUSES = ("finished", "diverged", "failed")
 BATCH_DEPENDENT = ("bn", "vn", "evo-b0")
 
@@ -372,9 +373,10 @@ class Run:
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
         torch.manual_seed(derived_seed(self.config.seed, epoch, self.info.rank, "global"))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = self._train_epoch(epoch)
         train_seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started  # this process, all its threads
         test_loss, test_accuracy = self._evaluate(self.module)  # not through DDP: no buffer sync
         ema_accuracy = self._evaluate(self.ema)[1] if self.ema is not None else None
         sums = distributed.all_reduce_sum(
@@ -395,6 +397,7 @@ class Run:
             "ema_test_accuracy": ema_accuracy,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": train_seconds,
+            "cpu_seconds": cpu_seconds,
             "images_per_second": count / train_seconds,
             "data_fraction": data_seconds / self.info.world_size / train_seconds,
         }
