@@ -8,7 +8,7 @@ from pathlib import Path
 from ..training.config import ConfigError
 from .grid import expand, load_grid
 from .presets import PRESETS, preset
-from .reproduce import reproduce
+from .reproduce import get, reproduce
 from .reproductions import REPRODUCTIONS
 from .sweep import EXECUTORS, plan, run_sweep
 from .table import METRICS, write_table
@@ -72,6 +72,7 @@ def cmd_reproduce(args: argparse.Namespace, console) -> int:
         for name, reproduction in REPRODUCTIONS.items():
             console.print(f"{name:18s} {reproduction.title}", highlight=False)
         return 0 if args.list else 2
+    get(args.name)  # an unknown name: the closest one suggested
     if not args.data:
         raise ConfigError(
             f"normlab reproduce {args.name} needs --data, e.g. "
@@ -127,7 +128,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     again = commands.add_parser(
         "reproduce", help="run a paper claim's sweep at CPU scale and write its verdict"
     )
-    again.add_argument("name", nargs="?", choices=list(REPRODUCTIONS), help="the reproduction")
+    again.add_argument("name", nargs="?", help=f"the reproduction: {', '.join(REPRODUCTIONS)}")
     again.add_argument("--list", action="store_true", help="list the reproductions")
     again.add_argument("--data", help="data spec, e.g. fashion-mnist:../shared/data/fashion-mnist")
     again.add_argument("--runs", default="runs", help="parent of the sweep folder (runs)")
