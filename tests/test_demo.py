@@ -11,8 +11,11 @@ import pytest
 
 from normlab import demo
 from normlab.cli import main
-from normlab.diagnostics import SignalPropagation
-from normlab.report import Check
+from normlab.demo.config import _model
+from normlab.demo.signal import _sign_agreement
+from normlab.demo.variance import _resnet56
+from normlab.diagnostics import SignalPropagation, signal_propagation
+from normlab.report import Check, Section
 
 CHECK_KEYS = {"claim", "measured", "expected", "passed"}
 
@@ -92,11 +95,12 @@ def test_the_power_analysis_reproduces_figure_2(quick_report):
 
 def test_a_failed_check_is_reported_not_hidden(tmp_path, monkeypatch, capsys):
     def failing(config):
-        section = demo.Section("A failing analysis")
+        section = Section("A failing analysis")
         return demo.Analysis("failing", section, [Check.at_most("a false claim", 2.0, 1.0)])
 
-    monkeypatch.setattr(demo, "ANALYSES", (("failing", failing),))
-    monkeypatch.setattr("normlab.cli.ANALYSES", demo.ANALYSES)
+    analyses = (("failing", failing),)
+    monkeypatch.setattr("normlab.demo.run.ANALYSES", analyses)  # what run_demo runs
+    monkeypatch.setattr("normlab.cli.ANALYSES", analyses)  # the progress bar's count
     code = main(["demo", "--quick", "--out", str(tmp_path)])
     assert code == 1
     assert "FAILED" in capsys.readouterr().out
@@ -108,10 +112,10 @@ def test_a_failed_check_is_reported_not_hidden(tmp_path, monkeypatch, capsys):
 
 
 def test_sign_agreement():
-    assert demo._sign_agreement([1, 2, 3, 1], [0, 1, 5, 2]) == 1.0
-    assert demo._sign_agreement([1, 2, 3, 1], [3, 2, 5, 9]) == pytest.approx(1 / 3)
+    assert _sign_agreement([1, 2, 3, 1], [0, 1, 5, 2]) == 1.0
+    assert _sign_agreement([1, 2, 3, 1], [3, 2, 5, 9]) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="equal length"):
-        demo._sign_agreement([1, 2], [1, 2, 3])
+        _sign_agreement([1, 2], [1, 2, 3])
 
 
 # -- Growth through depth: the fits shared by the SPP and the ResNet-56 checks ----------------
@@ -181,7 +185,7 @@ def test_the_exponential_and_bounded_checks_fail_on_linear_growth():
 def _resnet56_growth(spec: str, **kwargs) -> demo.DepthGrowth:
     config = demo.DemoConfig.quick(Path("unused"))
     x = demo.white_noise(8, 16, seed=0)
-    names, variance = demo.residual_stream_variance(demo._resnet56(config, spec, **kwargs), x)
+    names, variance = demo.residual_stream_variance(_resnet56(config, spec, **kwargs), x)
     assert names == ["stem"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(9)]
     return demo.depth_growth(variance, demo.stage_labels(names))
 
@@ -263,7 +267,7 @@ def test_the_spp_checks_fail_on_real_resnets_that_violate_them():
     x = demo.white_noise(2, 32, seed=0)
 
     def measure(name, spec):
-        return demo.signal_propagation(demo._model(config, name, 0, norm=spec), x, mode="train")
+        return signal_propagation(_model(config, name, 0, norm=spec), x, mode="train")
 
     bn, nf = measure("resnet50", "bn"), measure("nf_resnet50", "nf")
     assert not demo.unnormalized_resnet_checks(bn, bn)[0].passed
@@ -295,7 +299,7 @@ def test_the_similarity_check_fails_on_pooled_features():
     x = demo.white_noise(8, 32, seed=0)
     pooled, maps = {}, {}
     for spec in ("bn", "in", "gn/4", "gn8", "ln", "ln+pn", "gn8+pn"):
-        net = demo._model(config, "cnn10", 0, norm=spec)
+        net = _model(config, "cnn10", 0, norm=spec)
         maps[spec], pooled[spec] = demo.penultimate_similarity(net, x)
     assert pooled["in"] > pooled["ln"]
     checks = demo.similarity_checks({"CNN-10 pooled": pooled})
