@@ -455,7 +455,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             "Across normalizers, the cosine similarity of the penultimate features at "
             "initialisation is negatively rank-correlated with the mean training accuracy.",
             "cnn10 and resnet56_post (width 0.5) on a Fashion-MNIST subset",
-            Scale(limit=3000, test_limit=1000, epochs=3, seeds=1),
+            Scale(limit=2000, test_limit=1000, epochs=2, seeds=1),
             dict(FIG5_BASE),
             _fig5_grid,
             _analyse_fig5,
@@ -467,7 +467,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             "LN collapses and LN+WS drifts during training, while LN+PN and GN+PN stay "
             "channel-normalized like BN.",
             "ResNet-20 v2 on a Fashion-MNIST subset, probed every epoch",
-            Scale(limit=4000, test_limit=1000, epochs=3, seeds=2),
+            Scale(limit=3000, test_limit=1000, epochs=3, seeds=2),
             dict(RESNET20_BASE) | {"diagnostics_every": 1},
             _fig2_grid,
             _analyse_fig2,
@@ -479,7 +479,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             "NF-ResNet-20 trains to BN ResNet-20's accuracy; adaptive gradient clipping does not "
             "hurt it.",
             "CIFAR-size models on a Fashion-MNIST subset",
-            Scale(limit=4000, test_limit=2000, epochs=3, seeds=3),
+            Scale(limit=3000, test_limit=1000, epochs=3, seeds=3),
             {"batch_size": 128, "schedule": "cosine", "lr": 0.1},
             _nf_grid,
             _analyse_nf,
