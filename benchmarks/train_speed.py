@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from normlab.training import TrainConfig, build_model, param_groups, train
 
@@ -41,8 +42,16 @@ MODELS = [("resnet20", 32, 128, 16), ("resnet50", 64, 16, 8)]
 SCHEMES = ["bn", "gn8", "gn8+pn", "ln+pn"]
 
 
+LINEAR = "linear"  # a linear classifier: the harness's own cost per step dominates its step
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 HARNESS_SECONDS = {"wall": "seconds", "cpu": "cpu_seconds"}
+
+
+def make_net(model: str, norm: str, side: int, device: str) -> nn.Module:
+    if model == LINEAR:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * side * side, 10)).to(device)
+    config = TrainConfig(model=model, norm=norm, device=device)
+    return build_model(config, num_classes=10, in_channels=3).to(device)
 
 
 def harness_ips(
@@ -50,7 +59,7 @@ def harness_ips(
 ) -> float:
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(
-            model=model,
+            model="resnet20" if model == LINEAR else model,
             norm=norm,
             data=f"gaussian:3x{side}x{side}",
             batch_size=batch,
@@ -62,7 +71,7 @@ def harness_ips(
             progress=False,
             out=str(Path(folder) / "run"),
         )
-        train(config)
+        train(config, make_net(model, norm, side, device) if model == LINEAR else None)
         rows = (Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()
         last = json.loads(rows[-1])
         return last["train_samples"] / last[HARNESS_SECONDS[clock]]
@@ -71,8 +80,7 @@ def harness_ips(
 def bare_ips(
     model: str, side: int, batch: int, steps: int, norm: str, device: str, clock: str
 ) -> float:
-    config = TrainConfig(model=model, norm=norm, device=device)
-    net = build_model(config, num_classes=10, in_channels=3).to(device).train()
+    net = make_net(model, norm, side, device).train()
     optimizer = torch.optim.SGD(param_groups(net, 1e-4), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     batches = [
@@ -122,6 +130,36 @@ def measure(
     return {norm: tuple(statistics.median(v[k]) for k in v) for norm, v in samples.items()}
 
 
+def harness_cost(side: int, batch: int, steps: int, device: str, rounds: int, clock: str):
+    """(harness, bare) milliseconds per step with a linear classifier, medians over rounds:
+    their difference is the harness's own work per step (data, augmentation, soft targets,
+    metrics, scheduler), measured where it is not lost in the model's noise."""
+    harness, bare = [], []
+    for round_ in range(rounds):
+        args = (LINEAR, side, batch, steps, "bn", device, clock)
+        if round_ % 2:
+            b = bare_ips(*args)
+            h = harness_ips(*args)
+        else:
+            h = harness_ips(*args)
+            b = bare_ips(*args)
+        harness.append(1000 * batch / h)
+        bare.append(1000 * batch / b)
+    return statistics.median(harness), statistics.median(bare)
+
+
+def report_cost(cost: tuple[float, float], batch: int, results: dict, say=print) -> None:
+    """The harness's own cost per step against each scheme's bare step time."""
+    harness, bare = cost
+    say(
+        f"harness's own work: {harness:.2f} ms/step with a linear model vs {bare:.2f} ms bare "
+        f"= {harness - bare:.2f} ms per step of {batch}"
+    )
+    for norm, (_, bare_ips_, _) in results.items():
+        step = 1000 * batch / bare_ips_
+        say(f"  {norm}: {100 * (harness - bare) / step:+.2f}% of its {step:.0f} ms step")
+
+
 def report(model: str, side: int, batch: int, results: dict, markdown: bool, say=print) -> None:
     header = ["scheme", "harness img/s", "bare img/s", "harness overhead", "vs bn (harness)"]
     rows = []
@@ -168,6 +206,8 @@ def main() -> None:
     for model, side, batch, steps in models:
         results = measure(model, side, batch, steps, args.device, rounds, args.clock)
         report(model, side, batch, results, args.markdown)
+        cost = harness_cost(side, batch, 4 * steps, args.device, max(rounds, 3), args.clock)
+        report_cost(cost, batch, results)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,10 @@ def test_train_speed_table(clock):
     train_speed.report("resnet20", 8, 4, results, markdown=True, say=lines.append)
     assert lines[1].startswith("| scheme | harness img/s |")
     assert lines[-1].startswith("| ln+pn |")
+    harness, bare = train_speed.harness_cost(8, 4, 2, "cpu", rounds=2, clock=clock)
+    assert harness > 0
+    assert bare > 0
+    lines = []
+    train_speed.report_cost((harness, bare), 4, results, say=lines.append)
+    assert lines[0].startswith("harness's own work: ")
+    assert len(lines) == 1 + len(results)

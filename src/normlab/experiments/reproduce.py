@@ -23,7 +23,7 @@ from ..training.checkpoint import write_text_atomic
 from . import claims as c
 from .grid import expand
 from .reproductions import REPRODUCTIONS, Findings, Reproduction, Scale
-from .sweep import job_threads, run_sweep
+from .sweep import FINAL, job_threads, plan, run_sweep
 from .table import read_runs
 
 
@@ -56,11 +56,20 @@ def reproduce(
     """Run reproduction ``name`` on ``data`` and write ``out/NAME.md``; return its outcome."""
     reproduction = get(name)
     folder, planned = expand(reproduction.spec(data, scale), Path(runs) / name)
+    ran = sum(state.status not in FINAL for state in plan(planned))
     started = time.perf_counter()
     run_sweep(folder, planned, "local", max_parallel, on_event=on_event)
     sweep_seconds = time.perf_counter() - started
     found = read_runs(folder)
+    planned_names = {run.name for run in planned}
     rows = [row | {"folder": str(folder / row["run"])} for row in found.rows]
+    rows = [row for row in rows if row["run"] in planned_names]  # not an older grid's folders
+    problems = [p for p in found.problems if any(name in p for name in planned_names)]
+    others = sorted(
+        {p.name for p in folder.iterdir() if p.is_dir()} - planned_names - {".submitit"}
+    )
+    if others:
+        problems.append(f"ignored {len(others)} folder(s) not in this grid: {', '.join(others)}")
     figures = Path(out) / name
     figures.mkdir(parents=True, exist_ok=True)
     findings = reproduction.analyse(rows, figures)
@@ -70,17 +79,18 @@ def reproduce(
         findings,
         verdict,
         rows,
-        found.problems,
+        problems,
         scale or reproduction.scale,
         sweep_seconds,
         max_parallel,
         command or f"normlab reproduce {name} --data {data}",
         Path(out),
         data,
+        ran,
     )
     path = Path(out) / f"{name}.md"
     write_text_atomic(path, text)
-    return Outcome(path, verdict, findings, found.problems)
+    return Outcome(path, verdict, findings, problems)
 
 
 def _settings(reproduction: Reproduction, scale: Scale, data: str) -> str:
@@ -100,9 +110,16 @@ def document(
     command: str,
     out: Path,
     data: str,
+    ran: int,
 ) -> str:
     """The markdown of a reproduction's result document."""
     run_seconds = sum(r.get("wall_seconds") or 0.0 for r in rows)
+    mean = run_seconds / max(len(rows), 1)
+    invocation = (
+        f"This invocation ran {ran} run(s) in {sweep_seconds / 60:.1f} min."
+        if ran
+        else "This invocation found every run finished and redid the analysis only."
+    )
     lines = [
         f"# {reproduction.title}",
         "",
@@ -132,10 +149,11 @@ def document(
     if problems:
         lines += ["Runs not used:", "", *(f"- {p}" for p in problems), ""]
     lines += [
-        f"{len(rows)} finished runs, {run_seconds / 60:.1f} min of training in all; this "
-        f"invocation's sweep took {sweep_seconds / 60:.1f} min with {max_parallel} job(s) at a "
-        f"time, {job_threads(max_parallel)} thread(s) each, on {platform.machine()} "
-        f"({os.cpu_count()} cores), torch {torch.__version__}.",
+        f"{len(rows)} finished runs, {run_seconds / 60:.1f} min of training in all ({mean:.0f} s "
+        f"per run, each run's wall time from start to summary), measured with "
+        f"{job_threads(max_parallel)} thread(s) per run on {platform.machine()} "
+        f"({os.cpu_count()} cores), torch {torch.__version__}; with {max_parallel} run(s) at a "
+        f"time the sweep takes about {run_seconds / 60 / max_parallel:.0f} min. {invocation}",
         "",
     ]
     return "\n".join(lines)

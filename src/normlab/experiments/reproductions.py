@@ -106,7 +106,9 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def _paper_table(rows: Rows, figures: Path, name: str, cols: str = "model") -> tuple[str, str]:
-    """The X / Y table of final test accuracy and of mean training accuracy, and its figure."""
+    """The X / Y table of final test accuracy and of mean training accuracy, and its figure,
+    rows in the paper's order."""
+    rows = sorted(rows, key=lambda row: TABLE2_SCHEMES.index(row["norm"]))
     table = build_table(rows, "norm", cols, "final_test_accuracy")
     train = build_table(rows, "norm", cols, "mean_train_accuracy")
     plot_table(table, figures / name)
