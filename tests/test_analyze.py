@@ -76,6 +76,22 @@ def test_bad_checkpoints_and_data_get_clear_errors(tmp_path, capsys):
     assert "Did you mean 'resnet20'" in capsys.readouterr().err
 
 
+def test_checkpoints_of_another_width_or_truncated_are_clear_errors(tmp_path):
+    config = AnalyzeConfig("resnet20", "bn", tmp_path / "out", samples=8, batch_size=8, width=0.25)
+    torch.save({"model": build_model(config, 3, 10).state_dict()}, tmp_path / "ckpt.pt")
+    wider = AnalyzeConfig(**{**vars(config), "width": 0.5, "checkpoint": tmp_path / "ckpt.pt"})
+    with pytest.raises(ValueError, match=r"does not fit resnet20 .*--width 0\.5.*another shape"):
+        build_model(wider, 3, 10)
+    data = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    cut = AnalyzeConfig(**{**vars(config), "checkpoint": tmp_path / "cut.pt"})
+    with pytest.raises(ValueError, match=r"cut\.pt' is not a readable torch\.save file"):
+        build_model(cut, 3, 10)
+    with pytest.raises(ValueError, match=r"cut\.pt' is not a readable"):
+        run_analyze(cut)
+    assert not (tmp_path / "out").exists()  # no report folder made
+
+
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="no MNIST in the shared data dir")
 def test_cli_on_real_mnist(tmp_path, capsys):
     code = main(

@@ -12,6 +12,8 @@ for LN), and writes the same ``report.html``, figures and ``metrics.json`` as th
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +32,13 @@ from .diagnostics import (
 )
 from .diagnostics.signal import signal_layout
 from .diagnostics.theory import check_theorem1, check_theorem2, theorem1_bound, theorem1_rho
-from .models import create
+from .models import create, info
 from .report import (
     Check,
     ReportFiles,
     Section,
     Table,
+    check_report_folder,
     plot_cosine_similarity,
     plot_gradient_norms,
     plot_power_decomposition,
@@ -88,14 +91,22 @@ def build_model(config: AnalyzeConfig, in_channels: int, num_classes: int) -> nn
         kwargs |= {"num_classes": num_classes, "width": config.width}
     model = create(config.model, **kwargs)
     if config.checkpoint is not None:
-        model.load_state_dict(_state_dict(config.checkpoint))
+        _load_weights(model, _state_dict(config.checkpoint), config)
     return model.to(config.device)
 
 
 def _state_dict(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist (expected a torch.save file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, zipfile.BadZipFile) as error:
+        # torch.load of a truncated or corrupt file raises any of these
+        lines = str(error).strip().splitlines()
+        detail = lines[0] if lines else type(error).__name__
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a readable torch.save file of tensors ({detail})"
+        ) from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -107,8 +118,49 @@ def _state_dict(path: Path) -> dict:
     return state
 
 
+def _load_weights(model: nn.Module, state: dict, config: AnalyzeConfig) -> None:
+    """Load ``state`` into ``model``; a ValueError saying how it differs when it does not fit
+    (the checkpoint of another model, scheme or width)."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    reshaped = [
+        key
+        for key, value in state.items()
+        if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of the model's tensors missing (e.g. {missing[0]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors the model lacks (e.g. {unexpected[0]!r})")
+    if reshaped:
+        key = reshaped[0]
+        shapes = f"{tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} here"
+        problems.append(f"{len(reshaped)} tensors of another shape (e.g. {key!r}: {shapes})")
+    try:
+        if not problems:
+            model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as error:
+        lines = str(error).strip().splitlines()
+        problems.append(" ".join(lines[1:2] or lines[:1]).strip() or type(error).__name__)
+    if problems:
+        width = "" if config.model == "random_net" else f", --width {config.width:g}"
+        raise ValueError(
+            f"checkpoint {str(config.checkpoint)!r} does not fit {config.model} "
+            f"(--norm {config.norm}, --act {config.act}{width}): "
+            f"{'; '.join(problems)}. Was it saved from another model, scheme or width?"
+        )
+
+
 def run_analyze(config: AnalyzeConfig) -> ReportFiles:
-    """Run the analyses of one model on one data set and write the report."""
+    """Run the analyses of one model on one data set and write the report. The model name, the
+    scheme, the checkpoint and the report folder are checked before any work."""
+    info(config.model)  # an unknown model: the closest name suggested
+    scheme(config.norm, config.act)
+    if config.checkpoint is not None and not config.checkpoint.is_file():
+        _state_dict(config.checkpoint)  # the error naming the missing file
+    check_report_folder(config.out)
     dataset = load_data(config.data, split="train", limit=config.samples)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False)
     model = build_model(config, dataset.input_shape[0], dataset.num_classes)

@@ -1,10 +1,23 @@
-"""The ``normlab`` command line: ``demo``, ``analyze``, ``models``, ``schemes``, ``moments``."""
+"""The ``normlab`` command line: ``demo``, ``analyze``, ``models``, ``schemes``, ``moments``,
+``train``, ``sweep``, ``table``, ``reproduce``, ``plot``.
+
+:func:`main` is the one error boundary of every command. A mistake (a bad flag or value, a
+missing or unwritable file, a corrupt checkpoint, ...) prints one line on stderr,
+``normlab COMMAND: error: MESSAGE``, and exits with 2; an interrupt (Ctrl-C) exits with 130; an
+unexpected exception (a bug) prints one line naming it and exits with 1. ``--debug``, before or
+after the command (``normlab --debug demo`` or ``normlab demo --debug``), shows the full
+traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import sys
+import typing
+import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +28,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import __version__, models
+from ._argtypes import positive_float, positive_int
+from ._files import check_output_path
 from .analyze import AnalyzeConfig, run_analyze
 from .data import SPEC_FORMS
 from .demo import ANALYSES, DemoConfig, run_demo
@@ -26,7 +41,7 @@ from .layers import (
     get_activation,
     proxy_moments,
 )
-from .report import ReportFiles
+from .report import ReportFiles, check_report_folder
 from .report.html import format_value
 from .scheme import EXAMPLES, scheme, schemes
 from .training.command import add_parser as add_train_parser
@@ -149,9 +164,10 @@ def _progress(console: Console) -> Progress:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    out = Path(args.out)
+    out = check_report_folder(args.out, "--out")
     config = DemoConfig.quick(out) if args.quick else DemoConfig(out)
-    overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}
+    sizes = (("width", args.width), ("depth", args.depth))
+    overrides = {key: value for key, value in sizes if value is not None}
     overrides["device"] = check_device(args.device)
     config = replace(config, **overrides)
     console.print(
@@ -170,6 +186,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    check_report_folder(args.out, "--out")
     config = AnalyzeConfig(
         model=args.model,
         norm=args.norm,
@@ -220,6 +237,10 @@ def _models_table(args: argparse.Namespace) -> tuple[Table, list[str]]:
 def cmd_models(args: argparse.Namespace, console: Console) -> int:
     for name in args.names:
         models.info(name)  # unknown names fail before any model is built
+    if args.act is not None:
+        get_activation(args.act)  # an unknown activation: the closest one suggested
+    if args.norm is not None:
+        scheme(args.norm, args.act)  # an unknown scheme: its valid forms listed
     table, problems = _models_table(args)
     console.print(table)
     if args.flops:
@@ -236,18 +257,32 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     from .report.training import plot_runs
 
-    out = Path(args.out) if args.out else Path(args.runs[0]) / "plots"
+    out = check_output_path(args.out or Path(args.runs[0]) / "plots", "--out")
     written = plot_runs(args.runs, out)
     console.print(f"wrote {len(written)} files in {out}: " + ", ".join(p.name for p in written))
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``normlab demo: error: MESSAGE``."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
+
+
+DEBUG_HELP = "on an error, show the full traceback (before or after the command)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="normlab",
         description="Normalization layers of deep networks, and the diagnostics that explain them.",
+        epilog="Exit codes: 0 done, 1 a check failed or a run diverged (or a bug), 2 a mistake "
+        "in the input (one line on stderr), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     listing = commands.add_parser("schemes", help="list the spec grammar of normalization schemes")
     listing.add_argument("--examples", action="store_true", help="also build and list examples")
@@ -257,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="normlab-report", help="report directory")
     demo.add_argument("--quick", action="store_true", help="a small run (under a minute)")
-    demo.add_argument("--width", type=int, help="random-net width (default 256; paper: 1024)")
-    demo.add_argument("--depth", type=int, help="random-net depth (default 50)")
+    demo.add_argument(
+        "--width", type=positive_int, help="random-net width (default 256; paper: 1024)"
+    )
+    demo.add_argument("--depth", type=positive_int, help="random-net depth (default 50)")
     demo.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, ...")
     demo.set_defaults(run=cmd_demo)
     analyze = commands.add_parser("analyze", help="the analyses on one model and a data set")
@@ -268,14 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--data", default="gaussian", help=f"data spec: {SPEC_FORMS}")
     analyze.add_argument("--checkpoint", help="a state dict saved with torch.save")
     analyze.add_argument("--out", default="normlab-analyze", help="report directory")
-    analyze.add_argument("--samples", type=int, default=256, help="training inputs analyzed")
-    analyze.add_argument("--batch-size", type=int, default=64, help="batch size")
+    analyze.add_argument(
+        "--samples", type=positive_int, default=256, help="training inputs analyzed"
+    )
+    analyze.add_argument("--batch-size", type=positive_int, default=64, help="batch size")
     analyze.add_argument(
         "--mode",
         choices=("train", "eval"),
         help="batch or running statistics (default: eval with a checkpoint)",
     )
-    analyze.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    analyze.add_argument("--width", type=positive_float, default=1.0, help="model width multiplier")
     analyze.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, ...")
     analyze.set_defaults(run=cmd_analyze)
     moments = commands.add_parser(
@@ -296,17 +335,89 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", help="run folders of `normlab train` (several overlay)")
     plot.add_argument("--out", help="figure folder (default: RUN/plots of the first run)")
     plot.set_defaults(run=cmd_plot)
+    for command in commands.choices.values():
+        # SUPPRESS: the flag after the command does not reset the one given before it
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
     return parser
 
 
+# Mistakes in the input, reported in one line with exit code 2: normlab's own errors (ValueError
+# subclasses), bad arguments, the files (missing, unwritable, a full disk, not a folder) and files
+# that cannot be unpickled (corrupt or truncated). Anything else is a bug.
+INPUT_ERRORS = (
+    ValueError,
+    TypeError,
+    OSError,
+    pickle.UnpicklingError,
+    EOFError,
+    zipfile.BadZipFile,
+)
+OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+
+
+def describe(error: BaseException) -> str:
+    """The error as one line of text."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+        if error.filename is not None:
+            text += f": {error.filename}"
+        if error.filename2 is not None:
+            text += f" -> {error.filename2}"
+    elif isinstance(error, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)):
+        text = f"a file that looks corrupt or truncated ({type(error).__name__}: {error})"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse, before the command runs, an ``--out`` that cannot be written (a file, a path
+    under a file, a read-only folder); the commands that write a report check it further."""
+    out = getattr(args, "out", None)
+    if out is not None and not getattr(args, "list", False) and not getattr(args, "dry_run", 0):
+        check_output_path(out, "--out")
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_out(args)
+    return args.run(args, Console())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (see the module's docstring)."""
     args = build_parser().parse_args(argv)
-    console = Console()
+    if args.debug:
+        return _run(args)
+    name = f"normlab {args.command}"
     try:
-        return args.run(args, console)
-    except (ValueError, OSError) as error:
-        Console(stderr=True).print(f"[red]error:[/] {error}", soft_wrap=True, highlight=False)
+        return _run(args)
+    except KeyboardInterrupt:
+        _say(f"{name}: interrupted")
+        return 130
+    except BrokenPipeError:  # the output's reader went away (normlab models | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OUT_OF_MEMORY as error:
+        _say(
+            f"{name}: error: out of memory ({describe(error)[:200]}); use smaller sizes "
+            "(--batch-size, --width, --samples, ...)"
+        )
         return 2
+    except INPUT_ERRORS as error:
+        _say(f"{name}: error: {describe(error)}")
+        return 2
+    except Exception as error:
+        _say(
+            f"{name}: internal error, a bug in normlab (please report it): "
+            f"{type(error).__name__}: {describe(error)}; rerun with --debug for the traceback"
+        )
+        return 1
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,16 @@ metrics.json strict JSON with the checks list beside the analyses' data."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +125,174 @@ def test_to_jsonable():
     assert to_jsonable(value) == {"1": {"x": None, "tags": ["a"]}, "t": 2.5, "n": 3}
     with pytest.raises(TypeError, match=r"metrics\['f'\] is a Figure"):
         to_jsonable({"f": Figure()})
+
+
+# -- atomic, self-consistent report folders --------------------------------------------------
+
+
+def report_files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def first_report(tmp_path):
+    """A complete report of two figures in ``tmp_path/report``, and its files."""
+    out = tmp_path / "report"
+    sections = [Section("One", figures=[small_figure()]), Section("Two", figures=[small_figure()])]
+    write_report(out, "first", sections, checks(), {"value": 1})
+    return out, report_files(out)
+
+
+def assert_no_temporaries(tmp_path):
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or p.name.endswith(".old")]
+    assert leftovers == []
+
+
+def test_a_second_report_replaces_the_first_without_stale_figures(tmp_path):
+    out, first = first_report(tmp_path)
+    assert len([name for name in first if name.startswith("figures/")]) == 4
+    files = write_report(out, "second", [Section("Other", figures=[small_figure()])])
+    assert sorted(report_files(out)) == sorted(
+        ["report.html", "metrics.json", *(str(f.relative_to(out)) for f in files.figures)]
+    )
+    assert len(files.figures) == 2  # one figure, PNG and SVG: the first report's are gone
+    assert json.loads(files.metrics.read_text())["title"] == "second"
+    assert_no_temporaries(tmp_path)
+
+
+def test_a_figure_of_the_old_report_can_be_reused(tmp_path):
+    out, first = first_report(tmp_path)
+    kept = next(out / name for name in first if name.endswith(".png"))
+    files = write_report(out, "second", [Section("Again", figures=[kept])])
+    assert kept.read_bytes() == first[str(kept.relative_to(out))]
+    assert f'"{kept.relative_to(out).as_posix()}"' in files.html.read_text()
+
+
+@pytest.mark.parametrize("fault", ["interrupt", "disk full"])
+def test_a_failed_write_leaves_the_old_report_intact(tmp_path, monkeypatch, fault):
+    from normlab import _files
+    from normlab.report import html
+
+    out, first = first_report(tmp_path)
+    if fault == "interrupt":  # Ctrl-C after the second report's first figure
+        saved = []
+
+        def save(fig, path):
+            saved.append(path)
+            if len(saved) == 2:
+                raise KeyboardInterrupt
+            return plots_save_figure(fig, path)
+
+        plots_save_figure = html.save_figure
+        monkeypatch.setattr(html, "save_figure", save)
+        raised = KeyboardInterrupt
+    else:  # the disk fills up halfway through metrics.json
+
+        def write_text(path, text, encoding="utf-8"):
+            if path.name != "metrics.json":
+                return _files.write_text_atomic(path, text, encoding)
+
+            def half_then_full(stream):
+                stream.write(text.encode()[: len(text) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+            return _files.write_atomic(path, half_then_full)
+
+        monkeypatch.setattr(html, "write_text_atomic", write_text)
+        raised = OSError
+    sections = [Section(f"S{i}", figures=[small_figure()]) for i in range(3)]
+    with pytest.raises(raised):
+        write_report(out, "second", sections, checks(), {"value": 2})
+    assert report_files(out) == first
+    assert json.loads((out / "metrics.json").read_text())["title"] == "first"
+    assert_no_temporaries(tmp_path)
+
+
+def test_a_write_interrupted_by_sigint_leaves_the_old_report_intact(tmp_path):
+    """SIGINT sent to ``normlab demo`` while it writes its report: exit 130, one line, the old
+    report as it was, no temporary files."""
+    out, first = first_report(tmp_path)
+    marker = tmp_path / "saving"
+    script = f"""
+import sys, time
+from normlab import cli, demo
+from normlab.report import Section, html
+from matplotlib.figure import Figure
+
+def analysis(config):
+    figures = [Figure(figsize=(2, 2)) for _ in range(3)]
+    return demo.Analysis("one", Section("One", figures=figures), [])
+
+real = html.save_figure
+def slow(fig, path):
+    written = real(fig, path)
+    open({str(marker)!r}, "w").close()
+    time.sleep(60)
+    return written
+
+cli.ANALYSES = demo.run.ANALYSES = (("one", analysis),)
+html.save_figure = slow
+sys.exit(cli.main(["demo", "--quick", "--out", {str(out)!r}]))
+"""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "the child never began writing its report"
+            time.sleep(0.05)
+        assert any(p.name.startswith(".report.tmp-") for p in tmp_path.iterdir())
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 130
+    assert err.decode().strip().splitlines() == ["normlab demo: interrupted"]
+    assert report_files(out) == first
+    marker.unlink()
+    assert_no_temporaries(tmp_path)
+
+
+def test_report_folders_that_cannot_be_replaced_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    with pytest.raises(
+        ValueError, match=r"holds files that are not a normlab report \(notes.txt\)"
+    ):
+        write_report(tmp_path / "notes", "t")
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        write_report(tmp_path / "file", "t")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        write_report(tmp_path / "file" / "sub", "t")
+    monkeypatch.chdir(tmp_path / "notes")
+    with pytest.raises(ValueError, match="the current folder or one above it"):
+        write_report(".", "t")
+    with pytest.raises(ValueError, match="the current folder or one above it"):
+        write_report("..", "t")
+
+
+def test_atomic_file_writes_keep_the_old_file_on_a_full_disk(tmp_path):
+    from normlab._files import write_atomic, write_text_atomic
+
+    target = tmp_path / "metrics.json"
+    write_text_atomic(target, '{"complete": true}')
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    def full(stream):
+        stream.write(b'{"trunc')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, full)
+    assert json.loads(target.read_text()) == {"complete": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

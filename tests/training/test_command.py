@@ -55,7 +55,6 @@ def test_resume_reads_the_run_folder_config(tmp_path):
         ),
         (["--norm", "gn8", "--norm-batch-size", "4"], "has no BatchNorm"),
         (["--batch-size", "1", "--norm", "bn"], "normalization batch of 1"),
-        (["--lr", "-1"], "lr must be a finite number"),
         (["--warmup", "2"], "warmup"),
     ],
 )
@@ -64,6 +63,23 @@ def test_bad_settings_exit_2_with_the_reason(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in " ".join(err.split())
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "-1"], "argument --lr: must be a finite number in (0, inf), got '-1'"),
+        (["--epochs", "0"], "argument --epochs: must be a positive integer (1, 2, ...), got '0'"),
+        (["--ema", "nan"], "argument --ema: must be a finite number in (0, 1), got 'nan'"),
+        (["--workers", "-2"], "argument --workers: must be a non-negative integer"),
+    ],
+)
+def test_numeric_flags_out_of_range_name_the_flag_and_the_range(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path, *args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_another_configuration_names_the_keys(tmp_path, capsys):

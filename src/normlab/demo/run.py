@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..report import ReportFiles, write_report
+from ..report import ReportFiles, check_report_folder, write_report
 from .config import Analysis, DemoConfig
 from .gradients import analyze_gradients
 from .guarantee import analyze_pn_guarantee
@@ -38,7 +38,9 @@ ANALYSES: tuple[tuple[str, Callable[[DemoConfig], Analysis]], ...] = (
 
 def run_demo(config: DemoConfig, on_step: Callable[[int, str], None] | None = None) -> ReportFiles:
     """Run every analysis and write the report; ``on_step(index, description)`` is called
-    before each analysis (of ``len(ANALYSES)``)."""
+    before each analysis (of ``len(ANALYSES)``). A report folder that cannot be written is
+    refused before any analysis runs."""
+    check_report_folder(config.out)
     analyses = []
     for index, (description, analysis) in enumerate(ANALYSES):
         if on_step is not None:

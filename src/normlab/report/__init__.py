@@ -9,7 +9,7 @@ a metrics.json::
 """
 
 from .checks import Check, summarize
-from .html import ReportFiles, Section, Table, render_html, write_report
+from .html import ReportFiles, Section, Table, check_report_folder, render_html, write_report
 from .plots import (
     plot_cosine_similarity,
     plot_feature_similarity,
@@ -29,6 +29,7 @@ __all__ = [
     "ReportFiles",
     "Section",
     "Table",
+    "check_report_folder",
     "plot_cosine_similarity",
     "plot_feature_similarity",
     "plot_gradient_norms",

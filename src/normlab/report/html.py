@@ -12,7 +12,6 @@ import html
 import json
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,14 @@ from urllib.parse import quote
 
 from matplotlib.figure import Figure
 
+from .._files import check_replaceable_folder, copy_file_atomic, replaced_folder, write_text_atomic
 from .checks import Check, summarize
 from .plots import save_figure
 from .serialize import to_jsonable
 
 RESERVED = ("title", "summary", "checks")
 FIGURE_DIR = "figures"
+REPORT_ENTRIES = ("report.html", "metrics.json", FIGURE_DIR)  # what a report folder holds
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ class ReportFiles:
     figures: list[Path] = field(default_factory=list)
 
 
+def check_report_folder(out_dir: str | Path, flag: str = "report folder") -> Path:
+    """Check, before any work, that a report can be written at ``out_dir``; a ValueError naming
+    ``flag``, the path and the reason otherwise. A report replaces its folder as a whole, so the
+    folder must be new or hold a report only (report.html, metrics.json, figures/), and its
+    parent must be writable."""
+    return check_replaceable_folder(out_dir, REPORT_ENTRIES, flag, what="report")
+
+
 def write_report(
     out_dir: str | Path,
     title: str,
@@ -68,7 +77,12 @@ def write_report(
     description: str = "",
 ) -> ReportFiles:
     """Write ``out_dir/report.html`` and ``out_dir/metrics.json`` (and the sections' figures
-    under ``out_dir/figures/``); return their paths."""
+    under ``out_dir/figures/``); return their paths.
+
+    The report is written into a temporary sibling folder and swapped in as ``out_dir`` when
+    complete: ``out_dir`` holds this report's files only (no figure of an earlier report stays),
+    and a write that fails or is interrupted leaves the earlier report as it was. ``out_dir``
+    must be new or hold a report only (see :func:`check_report_folder`)."""
     metrics = dict(metrics or {})
     clash = [key for key in RESERVED if key in metrics]
     if clash:
@@ -76,21 +90,21 @@ def write_report(
     for check in checks:
         if not isinstance(check, Check):
             raise TypeError(f"checks must be Check objects, got a {type(check).__name__}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    placed = [_place_figures(out, index, section) for index, section in enumerate(sections)]
-    page = render_html(title, sections, placed, checks, description)
-    html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
     payload = {"title": title, "summary": summarize(checks)}
     payload["checks"] = [to_jsonable(c.to_dict(), f"checks[{i}]") for i, c in enumerate(checks)]
     payload |= {key: to_jsonable(value, key) for key, value in metrics.items()}
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(
-        json.dumps(payload, indent=2, allow_nan=False, ensure_ascii=False), encoding="utf-8"
-    )
+    text = json.dumps(payload, indent=2, allow_nan=False, ensure_ascii=False)
+    out = check_report_folder(out_dir)
+    with replaced_folder(out) as temp:
+        placed = [
+            _place_figures(temp, out, index, section) for index, section in enumerate(sections)
+        ]
+        write_text_atomic(
+            temp / "report.html", render_html(title, sections, placed, checks, description)
+        )
+        write_text_atomic(temp / "metrics.json", text)
     figures = [out / p for pairs in placed for pair in pairs for p in pair if p is not None]
-    return ReportFiles(html_path, metrics_path, figures)
+    return ReportFiles(out / "report.html", out / "metrics.json", figures)
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -98,15 +112,17 @@ def write_report(
 FigureFiles = tuple[str | None, str | None]  # (png, svg), relative to the report
 
 
-def _place_figures(out: Path, index: int, section: Section) -> list[FigureFiles]:
+def _place_figures(temp: Path, out: Path, index: int, section: Section) -> list[FigureFiles]:
+    """Save or copy the section's figures into ``temp``, the report being written, which
+    becomes ``out``."""
     placed = []
     for number, item in enumerate(section.figures):
         if isinstance(item, Figure):
-            base = out / FIGURE_DIR / f"{index + 1:02d}-{_slug(section.title)}-{number + 1}"
+            base = temp / FIGURE_DIR / f"{index + 1:02d}-{_slug(section.title)}-{number + 1}"
             written = save_figure(item, base)
-            placed.append(_pair(out, written))
+            placed.append(_pair(temp, written))
         elif isinstance(item, (str, Path)):
-            placed.append(_pair(out, _existing(out, Path(item))))
+            placed.append(_pair(temp, _existing(temp, out, Path(item))))
         else:
             raise TypeError(
                 f"section {section.title!r}: figure {number} is a {type(item).__name__}; give "
@@ -115,9 +131,9 @@ def _place_figures(out: Path, index: int, section: Section) -> list[FigureFiles]
     return placed
 
 
-def _existing(out: Path, path: Path) -> list[Path]:
-    """The PNG/SVG files of ``path`` (with or without suffix), copied into the report when they
-    lie outside it."""
+def _existing(temp: Path, out: Path, path: Path) -> list[Path]:
+    """The PNG/SVG files of ``path`` (with or without suffix), copied into the report: at the
+    same place when they lie in ``out`` (the report being replaced), else under figures/."""
     base = path.with_suffix("") if path.suffix in (".png", ".svg") else path
     files = [f for f in (base.with_suffix(".png"), base.with_suffix(".svg")) if f.is_file()]
     if path.suffix in (".png", ".svg") and path.is_file():
@@ -126,21 +142,19 @@ def _existing(out: Path, path: Path) -> list[Path]:
         raise ValueError(f"figure file {str(path)!r} not found (looked for .png and .svg)")
     placed = []
     for file in files:
-        if not _inside(file, out):
-            target = out / FIGURE_DIR / file.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, target)
-            file = target
-        placed.append(file)
+        inside = _relative(file, out)
+        target = temp / (inside if inside is not None else Path(FIGURE_DIR) / file.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy_file_atomic(file, target)
+        placed.append(target)
     return placed
 
 
-def _inside(path: Path, directory: Path) -> bool:
+def _relative(path: Path, directory: Path) -> Path | None:
     try:
-        path.resolve().relative_to(directory.resolve())
+        return path.resolve().relative_to(directory.resolve())
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _pair(out: Path, files: list[Path]) -> FigureFiles:

@@ -33,6 +33,7 @@ from pathlib import Path
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
+from .._files import write_atomic
 from ..diagnostics.fit import linear_fit
 from ..diagnostics.power import PowerDecomposition
 
@@ -87,7 +88,8 @@ def new_figure(
 
 def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write ``fig`` as ``path.<format>`` for each format (a suffix of ``path`` is replaced);
-    return the written paths."""
+    return the written paths. Each file is written to a temporary name beside it and renamed,
+    so that an interrupted save leaves no truncated figure."""
     base = Path(path)
     if base.suffix.lstrip(".") in FORMATS:
         base = base.with_suffix("")
@@ -98,7 +100,7 @@ def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = FORMATS)
             if fmt not in FORMATS:
                 raise ValueError(f"unknown figure format {fmt!r}; valid formats: {FORMATS}")
             target = base.with_name(f"{base.name}.{fmt}")
-            fig.savefig(target, format=fmt)
+            write_atomic(target, lambda stream, fmt=fmt: fig.savefig(stream, format=fmt))
             written.append(target)
     return written
 

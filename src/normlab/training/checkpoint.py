@@ -8,40 +8,17 @@ holds the model, optimizer, scheduler, EMA and RNG states, the epoch and the met
 
 from __future__ import annotations
 
-import io
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-TEMP_PREFIX = ".tmp-"
+from .._files import TEMP_PREFIX, write_atomic, write_text_atomic  # noqa: F401 (re-exported)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the run."""
-
-
-def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(path, lambda stream: stream.write(text.encode()))
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -15,6 +15,15 @@ import types
 import typing
 from pathlib import Path
 
+from .._argtypes import (
+    fraction,
+    integer,
+    non_negative_float,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+)
 from .config import TrainConfig, from_dict, load_yaml
 
 HELP = {
@@ -62,6 +71,33 @@ HELP = {
     "progress": "per-epoch log lines",
 }
 HIDDEN = ("extra",)
+# The valid range of every numeric flag (the same as TrainConfig.validate's), checked when parsed.
+FLAG_TYPES = {
+    "width": positive_float,
+    "epochs": positive_int,
+    "batch_size": positive_int,
+    "norm_batch_size": positive_int,
+    "accum_steps": positive_int,
+    "lr": positive_float,
+    "momentum": fraction,
+    "milestones": number(low=0.0, high=1.0, low_open=True, high_open=True),
+    "decay": number(low=0.0, high=1.0, low_open=True),
+    "warmup": non_negative_float,
+    "weight_decay": non_negative_float,
+    "label_smoothing": fraction,
+    "mixup": non_negative_float,
+    "cutmix": non_negative_float,
+    "dropout": fraction,
+    "drop_path": fraction,
+    "ema": number(low=0.0, high=1.0, low_open=True, high_open=True),
+    "agc": positive_float,
+    "seed": non_negative_int,
+    "limit": positive_int,
+    "test_limit": positive_int,
+    "workers": non_negative_int,
+    "eval_batch_size": positive_int,
+    "diagnostics_every": non_negative_int,
+}
 
 
 def _flag_type(annotation: str) -> tuple[type, bool]:
@@ -92,6 +128,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
             continue
         nargs = "+" if repeated else None
         metavar = field.name.upper()
+        if kind in (int, float):
+            kind = FLAG_TYPES.get(field.name, integer() if kind is int else number())
         parser.add_argument(flag, type=kind, nargs=nargs, metavar=metavar, help=HELP[field.name])
     parser.set_defaults(run=run_command, **{f.name: None for f in dataclasses.fields(TrainConfig)})
     return parser
