@@ -212,5 +212,7 @@ def test_cli_errors(capsys):
     assert "needs --data" in capsys.readouterr().err
     assert main(["reproduce", "pn-table3", "--data", "gaussian"]) == 2
     assert "unknown reproduction 'pn-table3'" in capsys.readouterr().err
-    assert main(["reproduce", "pn-table2", "--data", "gaussian", "--max-parallel", "0"]) == 2
-    assert "--max-parallel must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's own exit, one line on stderr
+        main(["reproduce", "pn-table2", "--data", "gaussian", "--max-parallel", "0"])
+    assert exit_.value.code == 2
+    assert "--max-parallel: must be a positive integer" in capsys.readouterr().err

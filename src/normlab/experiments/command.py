@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._argtypes import positive_int
 from ..training.config import ConfigError
 from .grid import expand, load_grid
 from .presets import PRESETS, preset
@@ -78,8 +79,6 @@ def cmd_reproduce(args: argparse.Namespace, console) -> int:
             f"normlab reproduce {args.name} needs --data, e.g. "
             "fashion-mnist:../shared/data/fashion-mnist (or cifar10:DIR)"
         )
-    if args.max_parallel < 1:
-        raise ConfigError(f"--max-parallel must be a positive integer, got {args.max_parallel}")
     command = f"normlab reproduce {args.name} --data {args.data}"
     if args.max_parallel != 1:
         command += f" --max-parallel {args.max_parallel}"
@@ -108,7 +107,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--out", help="sweep folder (default: the grid's out)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state")
     sweep.add_argument("--executor", choices=EXECUTORS, default="local", help="submitit executor")
-    sweep.add_argument("--max-parallel", type=int, default=1, help="jobs at a time")
+    sweep.add_argument("--max-parallel", type=positive_int, default=1, help="jobs at a time")
     sweep.add_argument(
         "--slurm",
         action="append",
@@ -133,5 +132,5 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     again.add_argument("--data", help="data spec, e.g. fashion-mnist:../shared/data/fashion-mnist")
     again.add_argument("--runs", default="runs", help="parent of the sweep folder (runs)")
     again.add_argument("--out", default="docs/results", help="where the document goes")
-    again.add_argument("--max-parallel", type=int, default=1, help="runs at a time")
+    again.add_argument("--max-parallel", type=positive_int, default=1, help="runs at a time")
     again.set_defaults(run=cmd_reproduce)
