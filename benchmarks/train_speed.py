@@ -108,6 +108,15 @@ def bare_ips(
     return batch * steps / epoch()
 
 
+def paired(round_: int, *args) -> tuple[float, float]:
+    """(harness, bare) images/s, measured back to back, the bare loop first in odd rounds."""
+    if round_ % 2:
+        bare = bare_ips(*args)
+        return harness_ips(*args), bare
+    harness = harness_ips(*args)
+    return harness, bare_ips(*args)
+
+
 def measure(
     model: str, side: int, batch: int, steps: int, device: str, rounds: int, clock: str
 ) -> dict:
@@ -117,13 +126,7 @@ def measure(
     }
     for round_ in range(rounds):
         for norm in SCHEMES:
-            args = (model, side, batch, steps, norm, device, clock)
-            if round_ % 2:
-                bare = bare_ips(*args)
-                harness = harness_ips(*args)
-            else:
-                harness = harness_ips(*args)
-                bare = bare_ips(*args)
+            harness, bare = paired(round_, model, side, batch, steps, norm, device, clock)
             samples[norm]["harness"].append(harness)
             samples[norm]["bare"].append(bare)
             samples[norm]["overhead"].append(bare / harness - 1)
@@ -136,13 +139,7 @@ def harness_cost(side: int, batch: int, steps: int, device: str, rounds: int, cl
     metrics, scheduler), measured where it is not lost in the model's noise."""
     harness, bare = [], []
     for round_ in range(rounds):
-        args = (LINEAR, side, batch, steps, "bn", device, clock)
-        if round_ % 2:
-            b = bare_ips(*args)
-            h = harness_ips(*args)
-        else:
-            h = harness_ips(*args)
-            b = bare_ips(*args)
+        h, b = paired(round_, LINEAR, side, batch, steps, "bn", device, clock)
         harness.append(1000 * batch / h)
         bare.append(1000 * batch / b)
     return statistics.median(harness), statistics.median(bare)
