@@ -213,7 +213,9 @@ def test_a_write_interrupted_by_sigint_leaves_the_old_report_intact(tmp_path):
     out, first = first_report(tmp_path)
     marker = tmp_path / "saving"
     script = f"""
-import sys, time
+import signal, sys, time
+# Ctrl-C as in a terminal, even when this test runs in a background job (which ignores SIGINT)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from normlab import cli, demo
 from normlab.report import Section, html
 from matplotlib.figure import Figure
