@@ -223,6 +223,58 @@ def test_depthwise_conv(spec):
     assert not torch.allclose(out[:, 5], out2[:, 5])
 
 
+CONV_SPECS = ["bn", "bn+ws", "bn+sws", "gn2+wn", "ln+cwn", "none", "nf"]
+
+# (args, kwargs, words of the message): sizes that build broken layers, failing only later
+BAD_CONVS = [
+    ((0, 16, 3), {}, "in_channels must be a positive integer, got 0"),
+    ((-1, 16, 3), {}, "in_channels must be a positive integer, got -1"),
+    ((3.5, 16, 3), {}, "in_channels must be a positive integer, got 3.5 (a float)"),
+    ((True, 16, 3), {}, "in_channels must be a positive integer, got True (a bool)"),
+    ((4, 0, 3), {}, "out_channels must be a positive integer, got 0"),
+    ((4, "16", 3), {}, "out_channels must be a positive integer, got '16' (a str)"),
+    ((4, 16, 0), {}, "kernel_size must be a positive integer or a pair of them"),
+    ((4, 16, -3), {}, "kernel_size must be a positive integer or a pair of them"),
+    ((4, 16, (3, 0)), {}, "kernel_size must be a positive integer or a pair"),
+    ((4, 16, (3, 3, 3)), {}, "kernel_size must be a positive integer or a pair"),
+    ((4, 16, 2.0), {}, "kernel_size must be a positive integer or a pair"),
+    ((4, 16, 3), {"stride": 0}, "stride must be a positive integer or a pair of them"),
+    ((4, 16, 3), {"dilation": 0}, "dilation must be a positive integer or a pair of them"),
+    ((4, 16, 3), {"padding": -1}, "padding must be an integer >= 0 or a pair of them"),
+    ((4, 16, 3), {"padding": "full"}, "unknown padding 'full'; valid choices: same, valid"),
+    ((4, 16, 3), {"groups": 0}, "groups must be a positive integer, got 0"),
+    ((4, 16, 3), {"groups": 3}, "groups=3 does not divide in_channels=4"),
+    ((4, 6, 3), {"groups": 4}, "groups=4 does not divide out_channels=6"),
+]
+
+
+@pytest.mark.parametrize("spec", CONV_SPECS)
+@pytest.mark.parametrize(("args", "kwargs", "words"), BAD_CONVS, ids=lambda v: repr(v)[:24])
+def test_bad_conv_sizes_are_refused_at_construction(spec, args, kwargs, words):
+    with pytest.raises(ValueError) as info:  # noqa: PT011 (the words are checked below)
+        scheme(spec).conv(*args, **kwargs)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("spec", CONV_SPECS)
+def test_conv_edge_sizes_build_and_run(spec):
+    s = scheme(spec)
+    assert s.conv(1, 1, 1)(torch.randn(2, 1, 3, 3)).shape == (2, 1, 3, 3)
+    assert s.conv(4, 6, (1, 3), stride=(1, 2))(torch.randn(2, 4, 5, 5)).shape == (2, 6, 5, 3)
+    assert s.conv(4, 4, 3, padding=0, groups=2)(torch.randn(2, 4, 5, 5)).shape == (2, 4, 3, 3)
+    assert s.conv(4, 4, 3, padding="same")(torch.randn(2, 4, 5, 5)).shape == (2, 4, 5, 5)
+
+
+@pytest.mark.parametrize("spec", ["bn", "gn2+pn", "none", "nf", "evo-b0", "frn"])
+@pytest.mark.parametrize("channels", [0, -4, 2.0, True])
+def test_norm_and_act_builders_check_the_channel_count(spec, channels):
+    """Identity (none, nf) takes any channel count: the builders check it themselves."""
+    s = scheme(spec)
+    for build in (s.norm, s.act, s.norm_act):
+        with pytest.raises(ValueError, match="num_channels must be a positive integer"):
+            build(channels)
+
+
 @pytest.mark.parametrize(("modifier", "cls"), list(WEIGHT_CONVS.items()))
 def test_weight_modifier_picks_the_conv_class(modifier, cls):
     assert type(scheme(f"gn8+{modifier}").conv(8, 16, 3)) is cls

@@ -12,7 +12,7 @@ Quick use::
 """
 
 from . import layers, models
-from ._checks import set_finite_checks
+from ._checks import NonFiniteError, set_finite_checks
 from .convert import convert
 from .fold import fold
 from .layers import activation_gain, proxy_moments
@@ -22,6 +22,7 @@ from .scheme import Scheme, SchemeForm, scheme, schemes
 __version__ = "0.1.0"
 
 __all__ = [
+    "NonFiniteError",
     "Scheme",
     "SchemeForm",
     "__version__",

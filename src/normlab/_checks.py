@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Hashable, Iterable
+import math
+import numbers
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 _finite_checks = True
 _FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
@@ -15,10 +17,19 @@ T = TypeVar("T")
 
 
 def set_finite_checks(enabled: bool) -> bool:
-    """Turn Proxy Normalization's non-finite parameter checks on or off; return the old setting.
+    """Turn normlab's non-finite value checks on or off; return the old setting.
 
-    The check reads one boolean back from the device at every forward. It is cheap on a CPU; on a
-    GPU it synchronises the stream, so a user who has validated a model may turn it off.
+    Two checks read one boolean back from the device at every forward of a layer:
+
+    * Proxy Normalization checks that its threshold (hence its parameters) is finite;
+    * the batch-statistics normalizers (BatchNorm, ghost BatchNorm, SyncBatchNorm,
+      VarianceNorm, EvoNorm-B0) check that the statistics of their batch are finite (that is,
+      that their input is) before these reach the running statistics, which one NaN or inf
+      would poison for good (see :func:`finite_statistics`).
+
+    Both check C-sized tensors: cheap on a CPU; on a GPU each reads a boolean back and so
+    synchronises the stream, so a user who has validated a model may turn them off. Tracers
+    (torch.compile, torch.export, jit.trace) never run them (see :func:`tracing`).
     """
     global _finite_checks
     previous, _finite_checks = _finite_checks, bool(enabled)
@@ -56,9 +67,10 @@ def cached(cache: dict, key: Hashable, make: Callable[[], T]) -> T:
     return found
 
 
-def closest(name: str, choices: Iterable[str]) -> str | None:
-    """The choice nearest to ``name`` by edit similarity, or None when nothing is close."""
-    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
+def closest(name: str, choices: Iterable[str], cutoff: float = 0.4) -> str | None:
+    """The choice nearest to ``name`` by edit similarity (a ratio of at least ``cutoff``), or
+    None when nothing is close."""
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
     return matches[0] if matches else None
 
 
@@ -72,27 +84,364 @@ def unknown(kind: str, name: object, choices: Iterable[str]) -> ValueError:
     return ValueError(message)
 
 
+# -- arguments ------------------------------------------------------------------------------
+
+EPS_MAX = 1.0
+"""The largest ε a layer accepts (see :func:`check_eps`)."""
+
+FLOATING_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
+"""The input dtypes normlab's layers compute in."""
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a string or a bool where a number belongs, ...).
+
+    A TypeError that is also a ValueError (as numpy's AxisError is both a ValueError and an
+    IndexError), so that code catching the ValueError of an out-of-range value (the model
+    builders, which name the failing layer; user code written against earlier releases) catches
+    it too."""
+
+
+def _kind(value: object) -> str:
+    """'a str', 'an int': the type of ``value`` with its article."""
+    kind = type(value).__name__
+    return f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}"
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a real number: an int, a float or a numpy scalar, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_number(
+    name: str,
+    value: object,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a float, checked to be a finite real number in the given interval.
+
+    Raises :class:`ArgumentTypeError` for a non-number (a string, a bool, a tensor, None) and a
+    ValueError for NaN, ±inf or a value outside the interval; both messages name the argument,
+    the value and the interval, e.g. "eps must be a finite number in (0, 1], got inf"."""
+    if low == 0 and low_open and high == math.inf:
+        what = "a positive finite number"
+    elif low == -math.inf and high == math.inf:
+        what = "a finite number"
+    else:
+        what = f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}"
+        what += ")" if high_open or high == math.inf else "]"
+    if not is_real(value):
+        raise ArgumentTypeError(f"{name} must be {what}, got {value!r} ({_kind(value)})")
+    number = float(value)
+    inside = (number > low if low_open else number >= low) and (
+        number < high if high_open else number <= high
+    )
+    if not (math.isfinite(number) and inside):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number
+
+
+def check_eps(value: object, name: str = "eps") -> float:
+    """ε, the stabiliser added to a variance (or the floor of a norm): a finite number in
+    (0, :data:`EPS_MAX`] = (0, 1].
+
+    Why (0, 1]. ε > 0 keeps a constant channel (variance 0) finite: with ε = 0 it divides by
+    zero. The upper bound: every normlab layer adds ε to the variance of a quantity whose
+    variance is of order 1 where the layer does its job (BN, GN, LN, IN, VN, FRN, EvoNorm on
+    activations; PN on φ(Y) for unit Gaussian Y, where Var is 0.34 for relu; WS on weights
+    scaled to unit variance by the fan-in). ε ≥ 1 then outweighs the statistic it stabilises, and
+    the layer stops normalizing without any error: ε = 1e30 maps every input to almost exactly
+    zero. Published values are 1e-5 (BN, GN), 1e-6 (FRN), 1e-3 (EvoNorm, TensorFlow's BN),
+    0.03 (PN), 1e-12 (WN's floor), all far inside the bound; a value above 1 is almost surely a
+    mistake (a swapped argument, a learning rate passed as eps)."""
+    return check_number(name, value, 0.0, EPS_MAX, low_open=True)
+
+
+def check_momentum(value: object) -> float | None:
+    """BatchNorm's momentum: None (a cumulative average) or a finite number in [0, 1]."""
+    if value is None:
+        return None
+    if not is_real(value):
+        raise ArgumentTypeError(
+            f"momentum must be None or a finite number in [0, 1], got {value!r} ({_kind(value)})"
+        )
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"momentum must be None or a finite number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: object, minimum: int | None = 1) -> int:
+    """``value`` as an int, checked to be an integer (not a bool or a float) ≥ ``minimum``
+    (any integer for None)."""
+    if minimum is None:
+        what = "an integer"
+    else:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{name} must be {what}, got {value!r} ({_kind(value)})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    """``value`` as an int, checked to be an integer ≥ 1 (a bool or a float is refused)."""
+    return check_int(name, value, 1)
 
 
-def check_input(layer: str, x: Tensor, num_channels: int, min_dim: int = 2) -> None:
-    """Check that ``x`` has shape (N, C, *spatial) with ``C == num_channels``."""
+def check_sequence(name: str, value: object, item: type = str, example: str = "") -> tuple:
+    """``value`` as a tuple, checked to be a sequence (list, tuple, ...) of ``item``.
+
+    A string is refused with a TypeError: iterated, it would be its characters, one name each."""
+    what = (
+        f"a sequence of {item.__name__} (a list or a tuple{', e.g. ' + example if example else ''})"
+    )
+    if isinstance(value, str | bytes):
+        raise TypeError(
+            f"{name} must be {what}, got the string {value!r}, which would be read character by "
+            f"character; wrap a single name in a list: {name}=[{value!r}]"
+        )
+    if not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({_kind(value)})")
+    bad = [v for v in value if not isinstance(v, item)]
+    if bad:
+        raise TypeError(f"{name} must be {what}, but it holds {bad[0]!r} ({_kind(bad[0])})")
+    return tuple(value)
+
+
+def check_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
+    """A 2-d conv size (kernel_size, stride, padding, dilation): an int or a pair of ints, each
+    ≥ ``minimum``."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    items = tuple(value) if isinstance(value, tuple | list) else (value,)
+    if len(items) not in (1, 2):
+        raise ArgumentTypeError(
+            f"{name} must be {what} or a pair of them (height, width), got {value!r}"
+        )
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise ArgumentTypeError(
+                f"{name} must be {what} or a pair of them (height, width), got {value!r} "
+                f"(holding {_kind(item)})"
+            )
+        if item < minimum:
+            raise ValueError(
+                f"{name} must be {what} or a pair of them (height, width), got {value!r}"
+            )
+    first, second = (items * 2)[:2]
+    return int(first), int(second)
+
+
+PADDING_STRINGS = ("same", "valid")
+
+
+def check_conv(
+    in_channels: object,
+    out_channels: object,
+    kernel_size: object,
+    stride: object = 1,
+    padding: object = 0,
+    dilation: object = 1,
+    groups: object = 1,
+) -> None:
+    """The arguments of a 2-d convolution: positive channel counts that ``groups`` divides, a
+    positive kernel size, stride and dilation, a non-negative padding (or "same", "valid"). A
+    zero or negative size, a float or a bool otherwise builds a broken layer (a weight with no
+    entries, or a torch error about a tensor's shape) that fails only later."""
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
+    check_pair("kernel_size", kernel_size, 1)
+    check_pair("stride", stride, 1)
+    check_pair("dilation", dilation, 1)
+    if isinstance(padding, str):
+        if padding not in PADDING_STRINGS:
+            raise unknown("padding", padding, PADDING_STRINGS)
+    else:
+        check_pair("padding", padding, 0)
+    check_positive_int("groups", groups)
+    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if channels % groups:
+            raise ValueError(
+                f"groups={groups} does not divide {name}={channels}; choose a number of groups "
+                f"that divides both in_channels and out_channels"
+            )
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+def reference_tensor(module: nn.Module, *given: Tensor | None) -> Tensor | None:
+    """The first floating tensor among ``given``, then ``module``'s own parameters, then its
+    own buffers: what fixes the dtype a layer computes in (None for a layer holding none)."""
+    for t in given:
+        if t is not None and t.is_floating_point():
+            return t
+    for t in (*module._parameters.values(), *module._buffers.values()):
+        if t is not None and t.is_floating_point():
+            return t
+    return None
+
+
+def check_dtype(
+    layer: str, x: Tensor, reference: Tensor | None = None, mixed_precision: bool = True
+) -> None:
+    """Check that ``x`` is floating point (:data:`FLOATING_DTYPES`) and matches the dtype of
+    ``reference`` (the layer's parameters).
+
+    ``mixed_precision`` accepts float16 and bfloat16 inputs to float32 parameters, as torch's
+    normalization kernels do (and as mixed-precision training feeds them); under autocast the
+    dtypes are left to autocast. Integer and bool inputs would otherwise fail deep in torch
+    (or be promoted silently), and complex ones give complex outputs (FRN) or torch errors."""
+    if x.dtype not in FLOATING_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in FLOATING_DTYPES)
+        raise TypeError(
+            f"{layer} supports floating-point inputs ({names}), got an input of dtype "
+            f"{str(x.dtype).removeprefix('torch.')} and shape {tuple(x.shape)}; convert it, "
+            f"e.g. with x.float()"
+        )
+    if reference is None or reference.dtype == x.dtype:
+        return
+    if mixed_precision and reference.dtype == torch.float32 and x.dtype in _LOW_PRECISION:
+        return
+    if torch.is_autocast_enabled(x.device.type):
+        return
+    held, got = (str(d).removeprefix("torch.") for d in (reference.dtype, x.dtype))
+    raise TypeError(
+        f"{layer} holds {held} parameters but got a {got} input of shape {tuple(x.shape)}; "
+        f"convert the input (x.to(torch.{held})) or the layer (layer.to(torch.{got}))"
+    )
+
+
+def check_input(
+    layer: str,
+    x: Tensor,
+    num_channels: int,
+    min_dim: int = 2,
+    reference: Tensor | None = None,
+    mixed_precision: bool = True,
+) -> None:
+    """Check that ``x`` is a floating tensor of shape (N, C, *spatial) with
+    ``C == num_channels`` (and the dtype of ``reference``, see :func:`check_dtype`).
+
+    An input whose first dim is C but whose second is not (or that lacks a dim) looks like one
+    sample without its batch dim, (C, H, W): the error says so and how to add it."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
+    unbatched = x.dim() >= 1 and x.shape[0] == num_channels
     if x.dim() < min_dim:
         layout = "(N, C)" if min_dim == 2 else "(N, C, *spatial) with at least one spatial dim"
+        hint = (
+            f"; it looks unbatched (its first dim is C = {num_channels}): add a batch dimension "
+            f"with x.unsqueeze(0)"
+        )
         raise ValueError(
             f"{layer} expects an input of shape {layout}, got a {x.dim()}-d tensor "
-            f"of shape {tuple(x.shape)}"
+            f"of shape {tuple(x.shape)}" + (hint if unbatched else "")
         )
     if x.shape[1] != num_channels:
+        if unbatched:
+            raise ValueError(
+                f"{layer} got an input that looks unbatched: expected (N, C, ...) with "
+                f"C = {num_channels}, got shape {tuple(x.shape)}, whose first dim is C; add a "
+                f"batch dimension with x.unsqueeze(0)"
+            )
         raise ValueError(
             f"{layer} was built for {num_channels} channels but got an input with "
             f"{x.shape[1]} channels (shape {tuple(x.shape)})"
         )
+    check_dtype(layer, x, reference, mixed_precision)
+
+
+def layer_name(module: nn.Module) -> str:
+    """The class of ``module`` and, where :func:`name_modules` recorded it, its qualified name
+    in its model: "BatchNorm 'layer1.0.norm_act1.norm'"."""
+    name = module.__dict__.get("_normlab_name")
+    return type(module).__name__ + (f" {name!r}" if name else "")
+
+
+def name_modules(model: nn.Module) -> nn.Module:
+    """Record in every submodule of ``model`` its qualified name, for errors raised while it
+    runs (:func:`layer_name`); return ``model``. ``normlab.models.create`` does this."""
+    for name, module in model.named_modules():
+        if name:
+            module.__dict__["_normlab_name"] = name
+    return model
+
+
+class NonFiniteError(ValueError):
+    """A layer met non-finite values it refuses to compute with: a NaN or inf input to a
+    batch-statistics normalizer (whose running statistics it would poison), or Proxy
+    Normalization parameters whose proxy moments are not finite. Training loops may catch it as
+    a sign of divergence."""
+
+
+def finite_statistics(*stats: Tensor) -> bool:
+    """Whether the batch statistics ``stats`` (per-channel means, variances: C-sized tensors)
+    are all finite; True while :func:`finite_checks_enabled` is off.
+
+    Batch-statistics normalizers check their statistics before these reach the running
+    statistics: a statistic is non-finite exactly when its channel holds a NaN or ±inf value
+    (or a finite value large enough to overflow the variance), and one such batch makes the
+    running statistics NaN for every later evaluation, silently. Checking the statistics rather
+    than the input costs one reduction over 2·C values and one boolean read back per forward,
+    not a pass over the activation (see ``benchmarks/finite_check_speed.py``)."""
+    if not finite_checks_enabled():
+        return True
+    flags = [torch.isfinite(t).all() for t in stats]
+    return bool(torch.stack(flags).all() if len(flags) > 1 else flags[0])
+
+
+def non_finite_input(
+    layer: str, x: Tensor, processes: str = "", stale: bool = False
+) -> NonFiniteError:
+    """The error of a batch-statistics normalizer ``layer`` whose statistics of ``x`` are not
+    finite, counting the NaN and ±inf values of ``x``. ``processes`` names the processes of a
+    synchronised layer whose input is not finite; ``stale`` says that the running statistics
+    were non-finite before this batch."""
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    counts = f"{nan} NaN, {inf} inf, in an input of shape {tuple(x.shape)}"
+    advice = (
+        "Training has likely diverged (lower the learning rate, clip gradients) or the data "
+        "holds NaN; normlab.set_finite_checks(False) turns this check off"
+    )
+    if processes:
+        head = (
+            f"{layer} got a non-finite input on {processes}; this process's input holds "
+            f"{nan + inf} non-finite values of {x.numel()} ({counts})"
+        )
+    elif nan + inf:
+        head = (
+            f"{layer} got a non-finite input: {nan + inf} of {x.numel()} values are NaN or inf "
+            f"({counts})"
+        )
+    elif stale:
+        return NonFiniteError(
+            f"{layer}'s running statistics were already non-finite before this batch (loaded "
+            f"or set so, or poisoned while normlab.set_finite_checks(False)); its input of "
+            f"shape {tuple(x.shape)} is finite. Reset them with reset_running_stats(), or load "
+            f"finite ones"
+        )
+    else:
+        largest = float(x.detach().abs().max()) if x.numel() else 0.0
+        head = (
+            f"{layer}'s batch statistics overflow {str(x.dtype).removeprefix('torch.')} although "
+            f"its input of shape {tuple(x.shape)} is finite (its largest magnitude is "
+            f"{largest:.3g})"
+        )
+    return NonFiniteError(
+        f"{head}. Its batch statistics would be NaN and its running statistics poisoned, so it "
+        f"stops and leaves them as they were. {advice}"
+    )
 
 
 def check_several_values(layer: str, x: Tensor, count: int, per: str = "group") -> None:

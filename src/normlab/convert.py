@@ -78,6 +78,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from ._checks import name_modules
 from ._convert_activations import FoundActivation, module_activation, node_activation
 from ._fused_norms import TORCH_BATCH_NORMS, batch_norm_form, forget_forms, is_identity
 from ._fx_modes import ModeDependentError, mode_graph, owner
@@ -864,7 +865,7 @@ def convert(
     result.conversion_report = report
     level = logging.WARNING if report.by_action(FALLBACK) else logging.INFO
     logger.log(level, "%s", report)
-    return result
+    return name_modules(result)  # errors raised in a forward name the layer
 
 
 def _convert_model(model: nn.Module, converter: _Converter, inputs: tuple | None) -> nn.Module:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from ._checks import closest
+from ._checks import check_conv, check_positive_int, closest
 from .layers import (
     TLU,
     Act,
@@ -193,7 +193,18 @@ class Scheme:
     ) -> nn.Conv2d:
         """A 2-d convolution of the scheme. ``padding=None`` keeps the size ("same" for odd
         kernels at stride 1); ``bias=None`` gives a bias only when the scheme has no activation
-        normalization (a normalizer's centering or affine makes it redundant)."""
+        normalization (a normalizer's centering or affine makes it redundant). The sizes are
+        checked (:func:`~normlab._checks.check_conv`): a zero, negative or non-integer channel
+        count, kernel size, stride or dilation raises a ValueError naming it."""
+        check_conv(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            0 if padding is None else padding,
+            dilation,
+            groups,
+        )
         if padding is None:
             k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
             padding = tuple(dilation * (size - 1) // 2 for size in k)
@@ -211,6 +222,7 @@ class Scheme:
 
     def norm(self, num_channels: int, affine: bool = True) -> nn.Module:
         """The normalizer alone (with its own affine by default); Identity for none and nf."""
+        check_positive_int("num_channels", num_channels)
         if not self.has_norm:
             return nn.Identity()
         return self._normalizer(num_channels, affine=affine, nonlinear=False)
@@ -219,6 +231,7 @@ class Scheme:
         """The activation step: Act φ(γx + β), ProxyNormAct with +pn, TLU for frn, the gained
         activation for nf. With +pn it expects a normalized input: prefer :meth:`norm_act`."""
         act = self._act_name(act)
+        check_positive_int("num_channels", num_channels)
         if self.normalizer == "nf":
             return GainedAct(num_channels, act)
         if self.normalizer == "frn":
@@ -233,6 +246,7 @@ class Scheme:
         EvoNorm layers hold their own nonlinearity, which takes the place of ``act``.
         """
         act = self._act_name(act)
+        check_positive_int("num_channels", num_channels)
         if self.normalizer in ("evo-b0", "evo-s0"):
             return self._normalizer(num_channels, affine=True, nonlinear=True)
         if not self.has_norm:

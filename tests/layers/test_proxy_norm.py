@@ -166,7 +166,7 @@ def test_finite_checks_can_be_turned_off():
 def test_bad_construction_and_input():
     with pytest.raises(ValueError, match="valid choices: exact, reference"):
         ProxyNormAct(4, method="grid")
-    with pytest.raises(ValueError, match="eps must be positive"):
+    with pytest.raises(ValueError, match=r"eps must be a finite number in \(0, 1\], got 0\.0"):
         ProxyNormAct(4, eps=0.0)
     with pytest.raises(ValueError, match="Did you mean 'gelu'"):
         ProxyNormAct(4, act="gleu")

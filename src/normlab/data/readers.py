@@ -256,6 +256,12 @@ def _cifar_batch(path: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]:
             f"(3 channels of 32×32)"
         )
     labels = np.asarray(content[key])
+    if labels.size and labels.dtype.kind not in "iu":  # (an empty list reads as float64)
+        raise ValueError(
+            f"{dataset}: {path}: b'{key}' must hold integer class indices, got labels of dtype "
+            f"{labels.dtype} (such as {labels.ravel()[:1].tolist()[0]!r}); they would be "
+            f"truncated or misread as classes"
+        )
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
         raise ValueError(
             f"{dataset}: {path} holds {data.shape[0]} images but b'{key}' has shape "

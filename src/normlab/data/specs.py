@@ -77,12 +77,41 @@ def _holding(name: str) -> str:
     return "the IDX files)" if "mnist" in name else f"{CIFAR[name]['folder']}/)"
 
 
-def _shape(argument: str, spec: str) -> tuple[int, ...]:
+MAX_CHANNELS = 1024
+MAX_SIDE = 4096
+MAX_SAMPLE_BYTES = 1 << 30
+
+
+def _shape(argument: str, spec: str) -> tuple[int, int, int]:
+    """The C×H×W of ``gaussian:CxHxW``: three positive dims, C ≤ 1024 and H, W ≤ 4096, and a
+    float32 sample of at most 1 GiB. Anything else raises a ValueError with the valid form:
+    an image model needs (C, H, W) samples (two dims would give (N, C, H) batches, which its
+    convolutions misread or refuse), and a mistyped size (an extra digit) would build samples
+    that exhaust memory at the first batch instead of failing here."""
     if not argument:
         return (3, 32, 32)
-    if not re.fullmatch(r"\d+(x\d+)*", argument) or 0 in map(int, argument.split("x")):
+    form = (
+        f"the gaussian shape must be CxHxW, three positive dims joined by 'x' with "
+        f"C <= {MAX_CHANNELS} and H, W <= {MAX_SIDE}, e.g. 'gaussian:3x32x32'"
+    )
+    if not re.fullmatch(r"\d+(x\d+)*", argument):
+        raise ValueError(f"data spec {spec!r}: {form}, got {argument!r}")
+    dims = tuple(int(d) for d in argument.split("x"))
+    if len(dims) != 3:
         raise ValueError(
-            f"data spec {spec!r}: the gaussian shape must be positive dims joined by 'x', e.g. "
-            f"'gaussian:3x32x32', got {argument!r}"
+            f"data spec {spec!r}: {form}, got {argument!r} ({len(dims)} dim"
+            f"{'s' if len(dims) != 1 else ''})"
         )
-    return tuple(int(d) for d in argument.split("x"))
+    if 0 in dims:
+        raise ValueError(f"data spec {spec!r}: {form} (positive dims), got {argument!r}")
+    channels, height, width = dims
+    if channels > MAX_CHANNELS or max(height, width) > MAX_SIDE:
+        raise ValueError(f"data spec {spec!r}: {form}, got {argument!r} (too large)")
+    size = channels * height * width * 4
+    if size > MAX_SAMPLE_BYTES:
+        raise ValueError(
+            f"data spec {spec!r}: {argument!r} gives float32 samples of {size / 2**30:.1f} GiB "
+            f"each; the limit is {MAX_SAMPLE_BYTES / 2**30:.0f} GiB per sample (C·H·W <= "
+            f"{MAX_SAMPLE_BYTES // 4:,} values)"
+        )
+    return dims

@@ -12,8 +12,11 @@ The loss is the caller's choice:
 * ``"readout"`` (default): a fixed random linear readout of the model's output,
   L = (1/N) Σ_n ⟨w, out_n⟩ with w ~ N(0, I/D) drawn once from ``seed``, D the per-input output
   size: it needs no labels and works for any output shape;
-* ``"cross_entropy"``: cross-entropy of logits (N, K) against the batch's labels, or against
-  labels drawn uniformly from ``seed`` when the data has none;
+* ``"cross_entropy"``: cross-entropy of logits (N, K) against the batch's targets: integer
+  class indices (N,) or (N, 1), or one-hot or probability rows (N, K) (floating, or integer
+  one-hot); against labels drawn uniformly from ``seed`` when the data has none. Any other
+  target (float indices, indices out of [0, K), rows that are not distributions, a batch size
+  or class count unlike the logits') raises a ValueError saying what was expected;
 * any callable ``loss(output, targets_or_None) -> scalar tensor``.
 
 The growth fit is a least-squares line through log ‖∂L/∂(output_l)‖ vs the depth index l = 0, 1,
@@ -186,7 +189,7 @@ class _Readout:
 
 
 class _RandomLabelCrossEntropy:
-    """Cross-entropy of logits (N, K) against the batch's labels or seeded random labels."""
+    """Cross-entropy of logits (N, K) against the batch's targets or seeded random labels."""
 
     def __init__(self, seed: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
@@ -197,6 +200,55 @@ class _RandomLabelCrossEntropy:
                 f"loss='cross_entropy' needs logits of shape (N, K), got the model output shape "
                 f"{tuple(output.shape)}; use loss='readout' for feature outputs"
             )
-        if target is None or target.dtype.is_floating_point or target.shape != output.shape[:1]:
+        if target is None:
             target = torch.randint(output.shape[1], output.shape[:1], generator=self.generator)
-        return F.cross_entropy(output, target.to(output.device))
+            return F.cross_entropy(output, target.to(output.device))
+        target = cross_entropy_target(target, output.shape).to(output.device)
+        return F.cross_entropy(
+            output, target.to(output.dtype) if target.is_floating_point() else target
+        )
+
+
+def cross_entropy_target(target: Tensor, logits: torch.Size) -> Tensor:
+    """``target`` as F.cross_entropy takes it for logits of shape (N, K): class indices (N,)
+    (from (N,) or (N, 1) integers), or probability rows (N, K) (from floating one-hot or
+    probability rows; integer one-hot rows become indices). Raises a ValueError otherwise."""
+    n, classes = logits
+    forms = (
+        f"expected class indices of shape ({n},) or ({n}, 1) in [0, {classes}), or one-hot or "
+        f"probability rows of shape ({n}, {classes})"
+    )
+    shape, dtype = tuple(target.shape), str(target.dtype).removeprefix("torch.")
+    if target.dtype == torch.bool or target.is_complex():
+        raise ValueError(f"loss='cross_entropy': targets of dtype {dtype}; {forms}")
+    if target.dim() == 0 or target.shape[0] != n:
+        raise ValueError(f"loss='cross_entropy': targets of shape {shape} for {n} inputs; {forms}")
+    if target.dim() == 2 and target.shape[1] == classes and classes > 1:
+        rows = target.double()
+        if (rows < 0).any() or not torch.allclose(
+            rows.sum(1), torch.ones(n, dtype=torch.float64), atol=1e-3
+        ):
+            raise ValueError(
+                f"loss='cross_entropy': targets of shape {shape} are read as one-hot or "
+                f"probability rows, but some row is negative or does not sum to 1; {forms}"
+            )
+        if target.is_floating_point():
+            return target
+        return target.argmax(1)  # integer one-hot rows
+    if target.dim() == 2 and target.shape[1] == 1:
+        target = target[:, 0]
+    if target.dim() != 1:
+        raise ValueError(f"loss='cross_entropy': targets of shape {shape}; {forms}")
+    if target.is_floating_point():
+        raise ValueError(
+            f"loss='cross_entropy': class indices must be integers, got targets of dtype "
+            f"{dtype} and shape {shape} (cast them with y.long() if they hold whole numbers); "
+            f"{forms}"
+        )
+    if n and (int(target.min()) < 0 or int(target.max()) >= classes):
+        raise ValueError(
+            f"loss='cross_entropy': class indices range over [{int(target.min())}, "
+            f"{int(target.max())}], outside [0, {classes}) for logits of {classes} classes; "
+            f"{forms}"
+        )
+    return target.long()

@@ -11,9 +11,12 @@ Every diagnostic of :mod:`normlab.diagnostics` that looks inside a model goes th
   (``"layers.*.norm_act.norm"``), a sequence of names or patterns, or a predicate
   ``(name, module) -> bool``. A NormAct whose ``.norm`` or ``.act`` is hooked runs unfused, so
   the hooks see ỹ and z exactly.
-* **Which data.** A tensor (one batch), or any iterable of batches: tensors, or ``(x, y)``
-  tuples and lists as a DataLoader yields them. Batches go to the model's device and floating
-  dtype.
+* **Which data.** A tensor (one batch); one ``(x, y)`` batch of inputs and targets, a
+  2-tuple (or 2-list) of tensors with as many targets as inputs whose targets look like labels:
+  of lower rank than the inputs, or at most 2-d and shaped unlike them (labels (N,) or (N, 1),
+  one-hot or probability targets (N, K)); or any other iterable of batches: tensors, or
+  ``(x, y)`` tuples and lists as a DataLoader yields them. Two same-shaped input batches in a
+  tuple remain two batches. Batches go to the model's device and floating dtype.
 * **Which mode.** ``mode=None`` (default) leaves the model's train/eval mode alone; ``"train"``
   or ``"eval"`` sets it for the run and restores every module's flag afterwards. In train mode,
   BatchNorm normalizes with batch statistics and updates its running statistics.
@@ -137,10 +140,26 @@ def resolve(model: nn.Module, where: str, select: Selector | None) -> list[tuple
         raise ValueError(f"where={where!r}: {error}") from None
 
 
+def is_one_batch(data: object) -> bool:
+    """Whether ``data`` is one ``(inputs, targets)`` batch rather than an iterable of two
+    batches (see "Which data" in the module docstring)."""
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        return False
+    x, y = data
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or x.dim() == 0 or y.dim() == 0:
+        return False
+    if x.shape[0] != y.shape[0]:
+        return False
+    return y.dim() < x.dim() or (y.dim() <= 2 and y.shape != x.shape)
+
+
 def iter_batches(data: Data) -> Iterator[tuple[Tensor, Tensor | None]]:
     """(inputs, targets or None) for each batch of ``data``."""
     if isinstance(data, Tensor):
         yield data, None
+        return
+    if is_one_batch(data):
+        yield data[0], data[1]
         return
     if not isinstance(data, Iterable):
         raise TypeError(

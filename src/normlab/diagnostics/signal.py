@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from .._checks import check_sequence
 from .probes import Data, Mode, no_match, select_modules, stream
 from .statistics import ChannelMoments
 
@@ -141,7 +142,7 @@ def _layout(
         if not chosen:
             raise no_match(model, blocks)
     else:
-        chosen = tuple(blocks)
+        chosen = check_sequence("blocks", blocks, str, "['layer1.0', 'layer1.1'] or ['layer*']")
     return SignalLayout(stem, chosen, _branches(chosen, branches, {}))
 
 
@@ -152,6 +153,7 @@ def _branches(
         return dict(default)
     if isinstance(given, Mapping):
         return dict(given)
+    given = check_sequence("branches", given, str, "['layer1.0.conv2', 'layer1.1.conv2']")
     if len(given) != len(blocks):
         raise ValueError(
             f"branches lists {len(given)} modules for {len(blocks)} blocks; give one branch "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_input, check_positive_int
+from .._checks import check_input, check_positive_int, reference_tensor
 from .activations import Activation, get_activation
 from .base import Normalization, apply_affine
 from .proxy_moments import activation_gain
@@ -45,7 +45,7 @@ class ActivationStep(nn.Module):
         raise NotImplementedError
 
     def forward(self, y: Tensor) -> Tensor:
-        check_input(type(self).__name__, y, self.num_channels)
+        check_input(type(self).__name__, y, self.num_channels, reference=reference_tensor(self))
         plan = self.plan()
         return plan.tail(apply_affine(y, plan.weight, plan.bias))
 

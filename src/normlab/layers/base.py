@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import channel_view, check_input, check_positive_int
+from .._checks import channel_view, check_eps, check_input, check_positive_int, reference_tensor
 
 
 def apply_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -53,9 +53,7 @@ class Normalization(nn.Module):
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         self.num_channels = check_positive_int("num_channels", num_channels)
-        if not eps >= 0:
-            raise ValueError(f"eps must be a non-negative float, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_eps(eps)
         self.affine = bool(affine)
         if self.affine:
             self.weight = nn.Parameter(torch.ones(num_channels))
@@ -73,8 +71,12 @@ class Normalization(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.normalize(x, self.weight, self.bias)
 
-    def check_input(self, x: Tensor) -> None:
-        check_input(type(self).__name__, x, self.num_channels, self.min_dim)
+    def check_input(self, x: Tensor, weight: Tensor | None = None) -> None:
+        """Check the shape (N, C, *spatial) and the dtype of ``x``: floating point, and that of
+        ``weight`` (the affine given to :meth:`normalize`) or else of the layer's own parameters
+        and buffers (float16 and bfloat16 inputs to float32 layers pass, as in torch)."""
+        reference = reference_tensor(self, weight)
+        check_input(type(self).__name__, x, self.num_channels, self.min_dim, reference)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"

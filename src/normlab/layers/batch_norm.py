@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import channel_view, check_positive_int
+from .._checks import (
+    channel_view,
+    check_momentum,
+    check_positive_int,
+    finite_checks_enabled,
+    finite_statistics,
+    layer_name,
+    non_finite_input,
+)
 from .base import Normalization, apply_affine, empty_batch, is_empty
 
 _SMALL_BATCH_HINT = (
@@ -35,9 +43,7 @@ class BatchDependentNorm(Normalization):
         track_running_stats: bool = True,
     ) -> None:
         super().__init__(num_channels, eps, affine)
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
-        self.momentum = momentum
+        self.momentum = check_momentum(momentum)
         self.track_running_stats = bool(track_running_stats)
         if self.track_running_stats:
             self.register_buffer("running_var", torch.ones(num_channels))
@@ -61,6 +67,15 @@ class BatchDependentNorm(Normalization):
         ``num_batches_tracked``, unchanged (torch's BatchNorm2d counts such a batch, which would
         skew the cumulative average of ``momentum=None``)."""
         return is_empty(x) and self.uses_batch_statistics
+
+    def check_statistics(self, x: Tensor, *stats: Tensor) -> None:
+        """Raise a ValueError naming the layer and counting the non-finite values of its input
+        ``x`` when the batch statistics ``stats`` of ``x`` are not finite (while finite checks
+        are on: :func:`~normlab._checks.finite_statistics`), before they reach the running
+        statistics. Only forwards that use batch statistics check: in evaluation with running
+        statistics a NaN stays in its own sample, as in any layer."""
+        if not finite_statistics(*stats):
+            raise non_finite_input(layer_name(self), x)
 
     @property
     def updates_running_stats(self) -> bool:
@@ -135,7 +150,7 @@ class BatchNorm(BatchDependentNorm):
     def normalize(
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
-        self.check_input(x)
+        self.check_input(x, weight)
         if self.is_empty_batch(x):
             return empty_batch(x, weight, bias)
         if not self.uses_batch_statistics:
@@ -145,19 +160,42 @@ class BatchNorm(BatchDependentNorm):
         size = self.norm_batch_size
         if size is None or size >= x.shape[0]:
             self.check_values_per_channel(x, x.shape[0])
-            factor = self.momentum_factor()
-            track = self.updates_running_stats
-            return F.batch_norm(
-                x,
-                self.running_mean if track else None,
-                self.running_var if track else None,
-                weight,
-                bias,
-                True,
-                factor,
-                self.eps,
-            )
+            return self._batch_norm(x, weight, bias)
         return apply_affine(self._normalize_ghost_batches(x, size), weight, bias)
+
+    def _batch_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """F.batch_norm with the batch's statistics, which it writes into the running ones.
+
+        While finite checks are on, those statistics are read back (C-sized): the running
+        statistics are saved first and, when they come out non-finite, restored before the
+        layer raises (without running statistics, F.batch_norm writes the batch's into scratch
+        buffers). A NaN or inf input, or running statistics already non-finite, raise."""
+        check = finite_checks_enabled()
+        track = self.updates_running_stats
+        factor = self.momentum_factor()
+        mean = self.running_mean if track else None
+        var = self.running_var if track else None
+        if check and track:
+            saved = (mean.clone(), var.clone(), self.num_batches_tracked - 1)
+        elif check:  # scratch buffers receive the batch's mean and unbiased variance
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            mean = torch.zeros(self.num_channels, dtype=dtype, device=x.device)
+            var = torch.ones(self.num_channels, dtype=dtype, device=x.device)
+            factor = 1.0
+        y = F.batch_norm(x, mean, var, weight, bias, True, factor, self.eps)
+        if check and not finite_statistics(mean, var):
+            stale = False
+            if track:
+                stale = not finite_statistics(saved[0], saved[1])
+                with torch.no_grad():
+                    for buffer, value in zip(
+                        (self.running_mean, self.running_var, self.num_batches_tracked),
+                        saved,
+                        strict=True,
+                    ):
+                        buffer.copy_(value)
+            raise non_finite_input(layer_name(self), x, stale=stale)
+        return y
 
     def _normalize_ghost_batches(self, x: Tensor, size: int) -> Tensor:
         full = x.shape[0] - x.shape[0] % size
@@ -167,6 +205,7 @@ class BatchNorm(BatchDependentNorm):
         for part, batch in parts:
             self.check_values_per_channel(part, batch)
         results = [_normalize_in_groups_of(part, batch, self.eps) for part, batch in parts]
+        self.check_statistics(x, *(t for _, mean, var in results for t in (mean, var)))
         if self.updates_running_stats:
             self._update_from_ghost_batches(x, results)
         return torch.cat([y for y, _, _ in results]) if len(results) > 1 else results[0][0]
@@ -214,7 +253,7 @@ class VarianceNorm(BatchDependentNorm):
     def normalize(
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
-        self.check_input(x)
+        self.check_input(x, weight)
         if self.is_empty_batch(x):
             return empty_batch(x, weight, bias)
         if self.uses_batch_statistics:
@@ -229,6 +268,7 @@ def batch_variance(layer: BatchDependentNorm, x: Tensor) -> Tensor:
     """Per-channel biased variance over (N, *spatial); updates ``layer``'s running variance."""
     dims = [0, *range(2, x.dim())]
     var = torch.var(x, dim=dims, correction=0)
+    layer.check_statistics(x, var)
     if layer.updates_running_stats:
         factor = layer.momentum_factor()
         count = x.numel() // x.shape[1]

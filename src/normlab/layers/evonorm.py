@@ -52,7 +52,7 @@ class EvoNormB0(BatchDependentNorm):
     def normalize(
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
-        self.check_input(x)
+        self.check_input(x, weight)
         if is_empty(x):
             return _empty_evonorm(self, x, weight, bias)
         if self.uses_batch_statistics:
@@ -100,7 +100,7 @@ class EvoNormS0(Normalization):
     def normalize(
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
-        self.check_input(x)
+        self.check_input(x, weight)
         if is_empty(x):
             return _empty_evonorm(self, x, weight, bias)
         # the group's size spelt out: -1 cannot be inferred for an empty batch

@@ -45,7 +45,7 @@ class FilterResponseNorm(Normalization):
     def normalize(
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
-        self.check_input(x)
+        self.check_input(x, weight)
         nu2 = x.square().mean(dim=list(range(2, x.dim())), keepdim=True)
         return apply_affine(x * torch.rsqrt(nu2 + self.effective_eps()), weight, bias)
 

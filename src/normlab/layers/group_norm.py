@@ -58,15 +58,15 @@ class GroupNorm(Normalization):
         super().__init__(num_channels, eps, affine)
         self.num_groups = resolve_groups(self.num_channels, num_groups, group_size)
 
-    def check_input(self, x: Tensor) -> None:
-        super().check_input(x)
+    def check_input(self, x: Tensor, weight: Tensor | None = None) -> None:
+        super().check_input(x, weight)
         values = self.num_channels // self.num_groups * math.prod(x.shape[2:])
         check_several_values(type(self).__name__, x, values)
 
     def normalize(
         self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
-        self.check_input(x)
+        self.check_input(x, weight)
         return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
     def extra_repr(self) -> str:

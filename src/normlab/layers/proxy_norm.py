@@ -25,7 +25,14 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from .._checks import finite_checks_enabled, tracing, unknown
+from .._checks import (
+    NonFiniteError,
+    check_eps,
+    check_positive_int,
+    finite_checks_enabled,
+    tracing,
+    unknown,
+)
 from .act import ActivationStep, Plan
 from .activations import Activation
 from .base import Normalization
@@ -45,7 +52,7 @@ class ProxyNormAct(ActivationStep):
     Args:
         num_channels: C.
         act: φ, a registered activation name.
-        eps: ε of Eq. 7.
+        eps: ε of Eq. 7, in (0, 1] (see :func:`~normlab._checks.check_eps`).
         method: "exact" proxy moments (default) or the reference implementation's "reference"
             estimator over ``points`` midpoint quantiles.
         points: K of the reference estimator.
@@ -62,11 +69,11 @@ class ProxyNormAct(ActivationStep):
         points: int = REFERENCE_POINTS,
     ) -> None:
         super().__init__(num_channels, act)
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
+        eps = check_eps(eps)
         if method not in METHODS:
             raise unknown("proxy-moment method", method, METHODS)
-        self.eps, self.method, self.points = float(eps), method, points
+        points = check_positive_int("points", points)
+        self.eps, self.method, self.points = eps, method, points
         self.gamma = nn.Parameter(torch.ones(num_channels))
         self.beta = nn.Parameter(torch.zeros(num_channels))
         self.proxy_beta = nn.Parameter(torch.zeros(num_channels))
@@ -108,7 +115,7 @@ class ProxyNormAct(ActivationStep):
         """PN(norm(x)); GN (LN, IN) then relu-PN runs as one autograd node while training."""
         if not self._fuses_with_group_norm(norm, x):
             return super().after(norm, x)
-        norm.check_input(x)
+        norm.check_input(x, self.gamma)
         params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
         rule = self.activation.moment_rule
         check = finite_checks_enabled()
@@ -159,14 +166,14 @@ class ProxyNormAct(ActivationStep):
         if finite_checks_enabled() and not threshold_is_finite(shift):
             raise self._non_finite_error()
 
-    def _non_finite_error(self) -> ValueError:
+    def _non_finite_error(self) -> NonFiniteError:
         bad = [
             f"{name} ({int((~torch.isfinite(p)).sum())} of {p.numel()} entries)"
             for name, p in self.named_parameters(recurse=False)
             if not bool(torch.isfinite(p).all())
         ]
         detail = ", ".join(bad) if bad else "finite parameters whose proxy moments overflow"
-        return ValueError(
+        return NonFiniteError(
             f"ProxyNormAct({self.num_channels}) has non-finite parameters: {detail}; its proxy "
             f"moments are undefined. Training has likely diverged (lower the learning rate), or "
             f"the parameters were loaded or set wrongly."

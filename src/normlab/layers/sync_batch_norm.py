@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._checks import channel_view
+from .._checks import channel_view, finite_checks_enabled, layer_name, non_finite_input
 from .batch_norm import _SMALL_BATCH_HINT, BatchNorm
 
 
@@ -61,13 +61,28 @@ def _local_moments(x: Tensor) -> Tensor:
     return torch.cat([n, mean + first / per, m2.clamp_min(0.0)])
 
 
-def global_moments(x: Tensor, group=None) -> tuple[int, int, Tensor, Tensor]:
+def global_moments(
+    x: Tensor, group=None, layer: str = "SyncBatchNorm"
+) -> tuple[int, int, Tensor, Tensor]:
     """The global count n, this process's count, and the per-channel mean μ and biased variance
-    σ² (float64) over the (N, *spatial) values of every process of ``group``."""
+    σ² (float64) over the (N, *spatial) values of every process of ``group``.
+
+    While :func:`~normlab._checks.finite_checks_enabled`, a non-finite input on any process
+    raises a ValueError on every process (naming ``layer`` and the processes whose input is
+    not finite), after the gather and before anything is updated: the gathered moments of such
+    a process are NaN or inf, and every process sees them, so that none waits in a collective
+    that another one has left."""
     local = _local_moments(x)
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, local, group=group)
     table = torch.stack(gathered)
+    if finite_checks_enabled() and not bool(torch.isfinite(table).all()):
+        ranks = [p for p in range(table.shape[0]) if not bool(torch.isfinite(table[p]).all())]
+        processes = (
+            f"process(es) {ranks} of the {table.shape[0]} of its group (this one is rank "
+            f"{dist.get_rank(group)})"
+        )
+        raise non_finite_input(layer, x, processes)
     channels = x.shape[1]
     counts, means, m2s = table[:, :1], table[:, 1 : channels + 1], table[:, channels + 1 :]
     total = counts.sum()
@@ -154,8 +169,8 @@ class SyncBatchNorm(BatchNorm):
     ) -> Tensor:
         if not self.synchronizes:
             return super().normalize(x, weight, bias)
-        self.check_input(x)
-        count, local, mean, var = global_moments(x.detach(), self.process_group)
+        self.check_input(x, weight)
+        count, local, mean, var = global_moments(x.detach(), self.process_group, layer_name(self))
         if count <= 1:
             raise ValueError(
                 f"{type(self).__name__} in training needs more than one value per channel over "

@@ -14,22 +14,54 @@ and shape, so Conv2d state dicts load (the gain, where present, keeps its initia
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_conv, check_dtype, check_eps, check_number
 from .activations import Activation
 from .proxy_moments import activation_gain
 
 
 class WeightSpaceConv2d(nn.Conv2d):
-    """A Conv2d whose forward uses :meth:`effective_weight` in place of ``weight``."""
+    """A Conv2d whose forward uses :meth:`effective_weight` in place of ``weight``.
+
+    Takes Conv2d's arguments, checked at construction (:func:`~normlab._checks.check_conv`):
+    positive channel counts divisible by ``groups``, positive kernel size, stride and dilation,
+    non-negative padding. Inputs must be floating point, of the weight's dtype (outside
+    autocast)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        *args,
+        **kwargs,
+    ) -> None:
+        check_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            *args,
+            **kwargs,
+        )
 
     def effective_weight(self) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+        check_dtype(type(self).__name__, x, self.weight, mixed_precision=False)
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
     def _centered_weight(self) -> tuple[Tensor, Tensor]:
@@ -46,7 +78,7 @@ class WSConv2d(WeightSpaceConv2d):
 
     def __init__(self, *args, eps: float = 1e-5, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.eps = eps
+        self.eps = check_eps(eps)
 
     def effective_weight(self) -> Tensor:
         centered, var = self._centered_weight()
@@ -71,7 +103,7 @@ class ScaledWSConv2d(WeightSpaceConv2d):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.eps = eps
+        self.eps = check_eps(eps)
         self.act_gain = _act_gain(act, act_gain)
         self.fan_in = self.weight[0].numel()
         self.gain = self._gain_parameter()
@@ -89,7 +121,7 @@ class WNConv2d(WeightSpaceConv2d):
 
     def __init__(self, *args, eps: float = 1e-12, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.eps = eps
+        self.eps = check_eps(eps)
         self.gain = self._gain_parameter()
 
     def effective_weight(self) -> Tensor:
@@ -114,8 +146,4 @@ def _act_gain(act: str | Activation | None, act_gain: float | None) -> float:
         raise ValueError(
             f"give either act={act!r} (γ_φ computed exactly) or act_gain={act_gain!r}, not both"
         )
-    if isinstance(act_gain, bool) or not isinstance(act_gain, int | float):
-        raise ValueError(f"act_gain must be a positive finite number, got {act_gain!r}")
-    if not 0 < act_gain < math.inf:
-        raise ValueError(f"act_gain must be a positive finite number, got {act_gain!r}")
-    return float(act_gain)
+    return check_number("act_gain", act_gain, 0.0, low_open=True)

@@ -18,7 +18,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from .._checks import channel_view, check_positive_int
+from .._checks import channel_view, check_number, check_positive_int
 from ..layers import get_activation
 from ..scheme import Scheme, scheme
 
@@ -124,9 +124,7 @@ class DropPath(nn.Module):
 
     def __init__(self, rate: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"drop-path rate must be in [0, 1), got {rate!r}")
-        self.rate = float(rate)
+        self.rate = check_number("the drop-path rate", rate, 0.0, 1.0, high_open=True)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.rate == 0.0:
@@ -142,8 +140,7 @@ class DropPath(nn.Module):
 def set_drop_path(blocks: list[nn.Module], rate: float) -> None:
     """Stochastic depth on residual blocks with the linear rule of Huang et al. (2016): block l
     of L drops its branch with probability rate·l/L. Each block applies its ``drop_path``."""
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate!r}")
+    rate = check_number("drop_path_rate", rate, 0.0, 1.0, high_open=True)
     if rate == 0.0:
         return
     for index, block in enumerate(blocks):
@@ -156,6 +153,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         check_positive_int("num_classes", num_classes)
+        dropout = check_number("dropout", dropout, 0.0, 1.0, high_open=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_features, num_classes)
 

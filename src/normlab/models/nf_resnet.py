@@ -28,6 +28,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from .._checks import check_number
 from ..scheme import Scheme
 from ._common import (
     ClassifierHead,
@@ -172,8 +173,7 @@ class NFResNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if not alpha > 0:
-            raise ValueError(f"alpha must be positive, got {alpha!r}")
+        alpha = check_number("alpha", alpha, 0.0, low_open=True)
         L = layers(norm, act, type(self).__name__)
         width = check_width(width)
         self.config, self.scheme, self.alpha = config, L.scheme, float(alpha)

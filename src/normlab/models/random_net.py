@@ -27,7 +27,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
+from .._checks import check_int, check_number, check_positive_int
 from ..scheme import Scheme
 from ._common import ClassifierHead, layers
 from .registry import register
@@ -87,8 +87,10 @@ class RandomNet(nn.Module):
                 f"{kernel_size}"
             )
         for name, std in (("gamma_std", gamma_std), ("beta_std", beta_std)):
-            if not std >= 0:
-                raise ValueError(f"{name} must be non-negative, got {std!r}")
+            check_number(name, std, 0.0)
+        for name, mean in (("gamma_mean", gamma_mean), ("beta_mean", beta_mean)):
+            check_number(name, mean)
+        check_int("seed", seed, None)
         L = layers(norm, act, type(self).__name__)
         self.scheme, self.seed = L.scheme, seed
         self.gamma_mean, self.gamma_std = float(gamma_mean), float(gamma_std)

@@ -173,6 +173,7 @@ class ResNetPost(nn.Module):
     family="ResNet, post-act",
     input_size=32,
     published_params=0.85e6,
+    fixed=("depth",),
 )
 def resnet56_post(**kwargs) -> ResNetPost:
     """ResNet-56, post-activation, with the options ``skipinit=`` and ``act_on_residual=``."""
