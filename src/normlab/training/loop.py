@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import models
-from .._checks import unknown
+from .._checks import NonFiniteError, unknown
 from ..data import TrainBatches
 from ..scheme import scheme
 from . import checkpoint as ckpt
@@ -351,7 +351,7 @@ class Run:
             for epoch in range(self.start_epoch, config.epochs):
                 try:
                     row = self._epoch(epoch)
-                except DivergedError:
+                except (DivergedError, NonFiniteError):  # a NaN/inf loss or activation
                     status, stopped_at = "diverged", epoch
                     break
                 self.history.append(row)
