@@ -74,3 +74,19 @@ def test_train_speed_table(clock):
     train_speed.report_cost((harness, bare), 4, results, say=lines.append)
     assert lines[0].startswith("harness's own work: ")
     assert len(lines) == 1 + len(results)
+
+
+def test_diagnostics_speed_table():
+    path = SCRIPT.with_name("diagnostics_speed.py")
+    spec = importlib.util.spec_from_file_location("diagnostics_speed", path)
+    diagnostics_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnostics_speed)
+    model = diagnostics_speed.models.create("resnet20", norm="gn8+pn").eval()
+    times = diagnostics_speed.measure(model, torch.randn(2, 3, 16, 16), rounds=2)
+    assert list(times) == ["forward", "power", "variance", "spp"]
+    assert times["forward"][1] == 1.0
+    assert all(seconds > 0 and ratio > 0 for seconds, ratio in times.values())
+    lines = []
+    diagnostics_speed.report([("gn8+pn", times)], say=lines.append)
+    assert lines[0].startswith("| norm | forward ms (×) | power ms (×)")
+    assert lines[-1].startswith("| gn8+pn | ")

@@ -21,8 +21,10 @@ def test_build_directory_names_source_torch_and_python(monkeypatch, tmp_path):
     assert directory.parent == tmp_path
     assert f"torch{torch.__version__}" in directory.name
     assert directory.name.rsplit("-", 1)[1].isalnum()
-    monkeypatch.setattr(compiled, "SOURCE", tmp_path / "changed.cpp")
-    compiled.SOURCE.write_text("// another source")
+    assert compiled.build_directory("normlab_statistics") != directory
+    changed = tmp_path / "changed.cpp"
+    changed.write_text("// another source")
+    monkeypatch.setitem(compiled.EXTENSIONS, "normlab_kernels", changed)
     assert compiled.build_directory() != directory
 
 
@@ -43,14 +45,17 @@ def test_training_on_cpu_uses_the_cpp_node_by_default():
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
-    def broken_build():
+    def broken_build(extension):
         raise RuntimeError("line one\nno C++ compiler found")
 
-    monkeypatch.setattr(compiled, "_module", None)
-    monkeypatch.setattr(compiled, "_failure", None)
+    monkeypatch.setattr(compiled, "_modules", {})
+    monkeypatch.setattr(compiled, "_failures", {})
     monkeypatch.setattr(compiled, "_enabled", True)
     monkeypatch.setattr(compiled, "_build", broken_build)
-    message = r"could not build its C\+\+ kernels \(RuntimeError: no C\+\+ compiler found\)"
+    message = (
+        r"could not build its C\+\+ kernels normlab_kernels "
+        r"\(RuntimeError: no C\+\+ compiler found\)"
+    )
     with pytest.warns(RuntimeWarning, match=message):
         assert compiled.kernels() is None
     with warnings.catch_warnings():

@@ -123,7 +123,8 @@ def moments_profile(
     def observe(name: str, x: Tensor | None, output: Tensor) -> None:
         moments.setdefault(name, ChannelMoments()).update(observed_tensor(where, x, output, name))
 
-    order, _ = stream(model, data, resolve(model, where, select), observe, mode, where == "pre")
+    modules = resolve(model, where, select)
+    order, _ = stream(model, data, modules, observe, mode, where == "pre", "statistics")
     return [(name, moments[name]) for name in order]
 
 

@@ -8,15 +8,17 @@ x's activations over the spatial positions, the power P_c = E_{x,α}[y²] splits
 
 (dataset-level mean, instance-mean variability, instance std, instance-std variability).
 :class:`PowerAccumulator` streams it over batches with memory O(C): per channel, the mean and
-centred sum of squares of μ and σ, merged with Chan et al.'s parallel update in float64.
+centred sum of squares of μ and σ (one :func:`~normlab.diagnostics.statistics.channel_summary`
+per batch), merged with Chan et al.'s parallel update in float64.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
+
+from .statistics import MU, MU_M2, SIGMA, SIGMA_M2, channel_summary, merge_summaries, plane_moments
 
 
 @dataclass(frozen=True)
@@ -47,57 +49,46 @@ class PowerDecomposition:
 
 def instance_statistics(y: Tensor) -> tuple[Tensor, Tensor]:
     """μ_{x,c} and σ_{x,c}: mean and population std over spatial positions, shape (N, C)."""
-    if y.dim() < 3:
-        raise ValueError(
-            f"the power decomposition needs activations of shape (N, C, *spatial) with at least "
-            f"one spatial dim, got shape {tuple(y.shape)}"
-        )
-    flat = y.detach().reshape(y.shape[0], y.shape[1], -1).double()
-    var, mean = torch.var_mean(flat, dim=-1, correction=0)
-    return mean, var.sqrt()
+    _check_spatial(y)
+    mean, m2, size = plane_moments(y)
+    return mean, (m2 / size).sqrt()
 
 
 class PowerAccumulator:
-    """Streams the power decomposition over batches: ``update(y)`` then ``result()``."""
+    """Streams the power decomposition over batches: ``update(y)`` then ``result()``. Each
+    update is one :func:`~normlab.diagnostics.statistics.channel_summary` of ``y`` merged into
+    the running one."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._moments: list[Tensor] | None = None  # mean μ, M2 μ, mean σ, M2 σ
+        self._summary: Tensor | None = None
 
     def update(self, y: Tensor) -> PowerAccumulator:
-        mu, sigma = instance_statistics(y)
-        batch = [mu.mean(0), _centred_squares(mu), sigma.mean(0), _centred_squares(sigma)]
-        n = mu.shape[0]
-        if self._moments is None:
-            self._moments, self.count = batch, n
+        _check_spatial(y)
+        if y.shape[0] == 0:
             return self
-        if batch[0].shape != self._moments[0].shape:
+        summary, n, _ = channel_summary(y)
+        if self._summary is None:
+            self._summary, self.count = summary, n
+            return self
+        if summary.shape != self._summary.shape:
             raise ValueError(
-                f"PowerAccumulator got {batch[0].shape[0]} channels after "
-                f"{self._moments[0].shape[0]}: a decomposition follows one layer"
+                f"PowerAccumulator got {summary.shape[1]} channels after "
+                f"{self._summary.shape[1]}: a decomposition follows one layer"
             )
-        total = self.count + n
-        merged = []
-        for (mean_a, m2_a), (mean_b, m2_b) in zip(
-            _pairs(self._moments), _pairs(batch), strict=True
-        ):
-            delta = mean_b - mean_a
-            merged += [
-                mean_a + delta * n / total,
-                m2_a + m2_b + delta.square() * self.count * n / total,
-            ]
-        self._moments, self.count = merged, total
+        self._summary = merge_summaries(self._summary, self.count, summary, n)
+        self.count += n
         return self
 
     def result(self) -> PowerDecomposition:
-        if self._moments is None:
+        if self._summary is None:
             raise ValueError("PowerAccumulator.result() called before any update()")
-        mean_mu, m2_mu, mean_sigma, m2_sigma = self._moments
+        s = self._summary
         return PowerDecomposition(
-            p1=mean_mu.square(),
-            p2=m2_mu / self.count,
-            p3=mean_sigma.square(),
-            p4=m2_sigma / self.count,
+            p1=s[MU].square(),
+            p2=s[MU_M2] / self.count,
+            p3=s[SIGMA].square(),
+            p4=s[SIGMA_M2] / self.count,
             count=self.count,
         )
 
@@ -107,9 +98,9 @@ def power_decomposition(y: Tensor) -> PowerDecomposition:
     return PowerAccumulator().update(y).result()
 
 
-def _centred_squares(t: Tensor) -> Tensor:
-    return (t - t.mean(0)).square().sum(0)
-
-
-def _pairs(moments: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
-    return [(moments[0], moments[1]), (moments[2], moments[3])]
+def _check_spatial(y: Tensor) -> None:
+    if y.dim() < 3:
+        raise ValueError(
+            f"the power decomposition needs activations of shape (N, C, *spatial) with at least "
+            f"one spatial dim, got shape {tuple(y.shape)}"
+        )

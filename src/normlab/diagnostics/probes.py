@@ -9,8 +9,9 @@ Every diagnostic of :mod:`normlab.diagnostics` that looks inside a model goes th
   (:class:`~normlab.layers.ActivationStep`, including a NormAct's ``.act``). ``select`` overrides
   it with a module type (or tuple of types), an fnmatch pattern on qualified module names
   (``"layers.*.norm_act.norm"``), a sequence of names or patterns, or a predicate
-  ``(name, module) -> bool``. A NormAct whose ``.norm`` or ``.act`` is hooked runs unfused, so
-  the hooks see ỹ and z exactly.
+  ``(name, module) -> bool``. A NormAct whose ``.norm`` is hooked, or whose ``.act`` is hooked
+  for its input, runs unfused, so the hooks see ỹ exactly; the output z of its ``.act`` is read
+  off the NormAct itself, which keeps its fused path.
 * **Which data.** A tensor (one batch); one ``(x, y)`` batch of inputs and targets, a
   2-tuple (or 2-list) of tensors with as many targets as inputs whose targets look like labels:
   of lower rank than the inputs, or at most 2-d and shaped unlike them (labels (N,) or (N, 1),
@@ -38,7 +39,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .._checks import closest, unknown
-from ..layers import ActivationStep, Normalization
+from ..layers import ActivationStep, NormAct, Normalization
+from .statistics import NonFiniteStatisticsError
 
 Where = Literal["norm", "pre", "post"]
 Mode = Literal["train", "eval"] | None
@@ -51,6 +53,7 @@ Selector = (
 )
 Data = Tensor | Iterable[Tensor] | Iterable[Sequence[Tensor]]
 Observer = Callable[[str, Tensor, Tensor], None]
+Check = Literal["data", "statistics"]
 
 WHERE: tuple[str, ...] = ("norm", "pre", "post")
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -131,13 +134,28 @@ def _describe(select: object) -> str:
 
 
 def resolve(model: nn.Module, where: str, select: Selector | None) -> list[tuple[str, nn.Module]]:
-    """The modules probed for ``where`` unless ``select`` overrides it."""
+    """The modules probed for ``where`` unless ``select`` overrides it. For outputs
+    (``where="post"``) the ``.act`` of a :class:`~normlab.layers.NormAct` is hooked on the
+    NormAct itself, whose output is the same z: the NormAct then keeps its fused path."""
     if select is not None:
-        return select_modules(model, select)
-    try:
-        return select_modules(model, where_types(where))
-    except ValueError as error:
-        raise ValueError(f"where={where!r}: {error}") from None
+        chosen = select_modules(model, select)
+    else:
+        try:
+            chosen = select_modules(model, where_types(where))
+        except ValueError as error:
+            raise ValueError(f"where={where!r}: {error}") from None
+    if where != "post":
+        return chosen
+    return [(name, _output_site(model, name, module)) for name, module in chosen]
+
+
+def _output_site(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """The NormAct whose ``.act`` is ``module`` (named ``name``), else ``module``."""
+    parent_name, _, leaf = name.rpartition(".")
+    if leaf != "act":
+        return module
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent if isinstance(parent, NormAct) and parent.act is module else module
 
 
 def is_one_batch(data: object) -> bool:
@@ -226,12 +244,23 @@ def check_finite(t: Tensor, name: str, batch: int, what: str = "output") -> None
 
 class Recorder:
     """Forward hooks calling ``observe(name, input, output)`` on each probed module; records
-    the order in which the modules first ran and the current batch index."""
+    the order in which the modules first ran and the current batch index.
+
+    ``check="data"`` checks every probed tensor to be finite before ``observe`` (a pass over
+    it); ``check="statistics"`` leaves that to an observer built on
+    :func:`~normlab.diagnostics.statistics.plane_moments`, whose
+    :class:`~normlab.diagnostics.statistics.NonFiniteStatisticsError` the hook turns into the same
+    error naming the layer and batch, at no extra pass."""
 
     def __init__(
-        self, modules: Sequence[tuple[str, nn.Module]], observe: Observer, inputs: bool = False
+        self,
+        modules: Sequence[tuple[str, nn.Module]],
+        observe: Observer,
+        inputs: bool = False,
+        check: Check = "data",
     ) -> None:
         self.modules, self.observe, self.check_inputs = list(modules), observe, inputs
+        self.check = check
         self.order: list[str] = []
         self.batch = 0
 
@@ -243,14 +272,22 @@ class Recorder:
                     f"layer {name!r} ({type(module).__name__}) returned a "
                     f"{type(output).__name__}; probes need modules whose output is one tensor"
                 )
-            if self.check_inputs and x is not None:
-                check_finite(x, name, self.batch, "input")
-            check_finite(output, name, self.batch, "output")
+            if self.check == "data":
+                self._check_finite(name, x, output)
             if name not in self.order:
                 self.order.append(name)
-            self.observe(name, x, output)
+            try:
+                self.observe(name, x, output)
+            except NonFiniteStatisticsError as error:
+                self._check_finite(name, x, output)
+                raise ValueError(f"layer {name!r} in batch {self.batch}: {error}") from None
 
         return hook
+
+    def _check_finite(self, name: str, x: Tensor | None, output: Tensor) -> None:
+        if self.check_inputs and x is not None:
+            check_finite(x, name, self.batch, "input")
+        check_finite(output, name, self.batch, "output")
 
     @contextmanager
     def attached(self) -> Iterator[Recorder]:
@@ -269,11 +306,13 @@ def stream(
     observe: Observer,
     mode: Mode = None,
     inputs: bool = False,
+    check: Check = "data",
 ) -> tuple[list[str], int]:
     """Run ``model`` over every batch of ``data`` under ``torch.no_grad`` with ``observe``
     hooked on ``modules``; return the names that ran (depth order) and the number of inputs.
-    ``inputs=True`` also checks the modules' inputs to be finite."""
-    recorder = Recorder(modules, observe, inputs)
+    ``inputs=True`` also checks the modules' inputs to be finite; ``check`` as for
+    :class:`Recorder`."""
+    recorder = Recorder(modules, observe, inputs, check)
     place, count = model_place(model), 0
     with model_mode(model, mode), recorder.attached(), torch.no_grad():
         for index, (x, _) in enumerate(iter_batches(data)):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .power import PowerAccumulator, PowerDecomposition
 from .probes import Data, Mode, Selector, Where, check_where, observed_tensor, resolve, stream
+from .statistics import NonFiniteStatisticsError
 
 LayerPower = tuple[str, PowerDecomposition]
 
@@ -46,11 +47,13 @@ def power_profile(
         y = observed_tensor(where, x, output, name)
         try:
             accumulators.setdefault(name, PowerAccumulator()).update(y)
+        except NonFiniteStatisticsError:  # the hook names layer and batch
+            raise
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from None
 
     modules = resolve(model, where, select)
-    order, _ = stream(model, data, modules, observe, mode, inputs=where == "pre")
+    order, _ = stream(model, data, modules, observe, mode, where == "pre", "statistics")
     profile = [(name, accumulators[name].result()) for name in order]
     for name, decomposition in profile:
         if decomposition.count < 2:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .._checks import check_sequence
 from .probes import Data, Mode, no_match, select_modules, stream
-from .statistics import ChannelMoments
+from .statistics import ChannelMoments, NonFiniteStatisticsError
 
 BRANCH_ATTRIBUTE = "branch_output"
 STEM_NAME = "stem"
@@ -119,10 +119,12 @@ def signal_propagation(
     def observe(name: str, x: Tensor | None, output: Tensor) -> None:
         try:
             moments.setdefault(name, ChannelMoments()).update(output)
+        except NonFiniteStatisticsError:  # the hook names layer and batch
+            raise
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from None
 
-    order, _ = stream(model, data, modules, observe, mode)
+    order, _ = stream(model, data, modules, observe, mode, check="statistics")
     points = [n for n in order if n == layout.stem or n in block_names]
     return _result(points, moments, layout)
 

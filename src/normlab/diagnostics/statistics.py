@@ -1,31 +1,140 @@
 r"""Streaming per-channel statistics of a layer's activations, in float64 with memory O(C).
 
+One reduction per hooked tensor feeds every streaming diagnostic:
+
+* :func:`plane_moments`: the mean and M2 = Σ(x − mean)² of every (input, channel) plane;
+* :func:`channel_summary`: per channel, over the inputs, the mean and centred sum of squares of
+  the planes' means μ and stds σ, and Σ M2 — what :class:`ChannelMoments` and the power
+  decomposition's :class:`~normlab.diagnostics.PowerAccumulator` merge across batches (Chan et
+  al.'s parallel update, :func:`merge_summaries`).
+
+On CPU both are one pass of a C++ kernel (``layers/csrc/plane_moments.cpp``) that accumulates in
+double without copying the tensor, NCHW or channels-last; elsewhere (or without the kernel) the
+same numbers come from torch's ``var_mean`` on a float64 copy. Non-finite activations make the
+results non-finite, so the finite check reads the (5, C) summary, not the data:
+:class:`NonFiniteStatisticsError`.
+
 * :class:`ChannelMoments`: the mean and variance of each channel over the batch and spatial
   positions (the SPPs' "average squared channel mean" and "average channel variance", Brock et
-  al. 2021; Beyond BatchNorm's activation variance), merged across batches with Chan et al.'s
-  parallel update.
+  al. 2021; Beyond BatchNorm's activation variance).
 * :class:`CrossMoments`: per-channel sums of ỹ, z, ỹ², z² and ỹz over all positions and inputs,
   enough for the least-squares affine fit of z on ỹ (channel-wise linearity of φ).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 from torch import Tensor
+
+from ..layers import compiled
+
+# rows of a channel summary
+MU, MU_M2, SIGMA, SIGMA_M2, PLANE_M2 = range(5)
+
+
+class NonFiniteStatisticsError(ValueError):
+    """Statistics of activations that hold NaN or inf (or overflow float64)."""
 
 
 def channel_values(t: Tensor) -> Tensor:
     """The activations of (N, C, *spatial) as (C, N·positions) in float64."""
-    if t.dim() < 2:
+    _check_rank(t, 2)
+    return t.detach().double().transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def plane_moments(t: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Per (n, c) plane of ``t`` (N, C, *positions): mean and M2 = Σ(x − mean)², each (N, C)
+    float64, and the number L of positions per plane. An empty batch gives (0, C) results."""
+    t, size = _prepared(t)
+    if t.shape[0] == 0:
+        empty = t.new_zeros(t.shape[:2], dtype=torch.float64)
+        return empty, empty, size
+    kernel = _kernel(t)
+    if kernel is not None:
+        mean, m2 = kernel.plane_moments(t)
+    else:
+        var, mean = torch.var_mean(t.reshape(*t.shape[:2], -1).double(), dim=-1, correction=0)
+        m2 = var * size
+    _check_finite(t, m2, mean)
+    return mean, m2, size
+
+
+def channel_summary(t: Tensor) -> tuple[Tensor, int, int]:
+    """The (5, C) float64 summary of ``t`` (N, C, *positions) over its N inputs — rows
+    mean_n μ, Σ_n (μ − mean μ)², mean_n σ, Σ_n (σ − mean σ)², Σ_n M2, with μ, σ, M2 the planes'
+    mean, population std and centred sum of squares — and N and L. Needs N ≥ 1."""
+    t, size = _prepared(t)
+    kernel = _kernel(t) if t.shape[0] else None
+    if kernel is not None:
+        summary, finite = kernel.channel_summary(t)
+        if not finite:
+            _check_finite(t, summary)
+        return summary, t.shape[0], size
+    mean, m2, size = plane_moments(t)
+    if mean.shape[0] == 0:
+        raise ValueError("a channel summary needs at least one input; got an empty batch")
+    sigma = (m2 / size).sqrt()
+    rows = [mean.mean(0), _centred_squares(mean), sigma.mean(0), _centred_squares(sigma)]
+    return torch.stack([*rows, m2.sum(0)]), mean.shape[0], size
+
+
+def merge_summaries(a: Tensor, count_a: int, b: Tensor, count_b: int) -> Tensor:
+    """The summary of two batches of count_a and count_b inputs: Chan et al.'s update of the
+    means and centred sums of squares of μ and σ, and the sum of the planes' M2."""
+    total = count_a + count_b
+    means, squares = [MU, SIGMA], [MU_M2, SIGMA_M2]
+    delta = b[means] - a[means]
+    merged = torch.empty_like(a)
+    merged[means] = a[means] + delta * (count_b / total)
+    merged[squares] = a[squares] + b[squares] + delta.square() * (count_a * count_b / total)
+    merged[PLANE_M2] = a[PLANE_M2] + b[PLANE_M2]
+    return merged
+
+
+def _prepared(t: Tensor) -> tuple[Tensor, int]:
+    _check_rank(t, 2)
+    size = t.shape[2:].numel()
+    if size == 0 or t.shape[1] == 0:
+        raise ValueError(
+            f"per-channel statistics need channels with positions, got shape {tuple(t.shape)}"
+        )
+    return t.detach(), size
+
+
+def _check_rank(t: Tensor, rank: int) -> None:
+    if t.dim() < rank:
         raise ValueError(
             f"per-channel statistics need activations of shape (N, C, *spatial), got shape "
             f"{tuple(t.shape)}"
         )
-    return t.detach().double().transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def _kernel(t: Tensor) -> ModuleType | None:
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return None
+    return compiled.kernels("normlab_statistics")
+
+
+def _check_finite(t: Tensor, *results: Tensor) -> None:
+    if all(bool(torch.isfinite(r).all()) for r in results):
+        return
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise NonFiniteStatisticsError(f"{bad} of {t.numel()} values are NaN or inf")
+    raise NonFiniteStatisticsError(
+        f"values up to {float(t.abs().max()):.3g} overflow the float64 statistics"
+    )
+
+
+def _centred_squares(t: Tensor) -> Tensor:
+    return (t - t.mean(0)).square().sum(0)
 
 
 class ChannelMoments:
-    """Streams the per-channel mean and (population) variance over batches and positions."""
+    """Streams the per-channel mean and (population) variance over batches and positions: from
+    a channel summary, the channel mean is mean_n μ and its M2 is Σ_n M2 + L·Σ_n (μ − mean μ)²."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -33,10 +142,11 @@ class ChannelMoments:
         self._m2: Tensor | None = None
 
     def update(self, t: Tensor) -> ChannelMoments:
-        values = channel_values(t)
-        n = values.shape[1]
-        mean = values.mean(1)
-        m2 = (values - mean[:, None]).square().sum(1)
+        if t.dim() >= 2 and t.shape[0] == 0:
+            return self
+        summary, inputs, size = channel_summary(t)
+        n = inputs * size
+        mean, m2 = summary[MU], summary[PLANE_M2] + size * summary[MU_M2]
         if self._mean is None or self._m2 is None:
             self._mean, self._m2, self.count = mean, m2, n
             return self

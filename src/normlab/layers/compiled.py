@@ -1,7 +1,10 @@
 """normlab's C++ kernels, built on first use and cached; eager PyTorch is the fallback.
 
-The kernel in ``csrc/group_norm_pn.cpp`` runs GN (LN, IN) + relu-PN on CPU as one native autograd
-node (see :mod:`normlab.layers.group_norm_pn` for the same step in Python). It is compiled with
+Two extensions, each one source in ``csrc/``: ``normlab_kernels`` (``group_norm_pn.cpp``) runs
+GN (LN, IN) + relu-PN on CPU as one native autograd node (see :mod:`normlab.layers.group_norm_pn`
+for the same step in Python); ``normlab_statistics`` (``plane_moments.cpp``) is the diagnostics'
+one-pass per-plane reduction (:func:`normlab.diagnostics.statistics.plane_moments`). Each is
+compiled with
 torch's JIT extension builder (a C++ compiler and ninja are needed) into
 ``$NORMLAB_CACHE`` (default ``~/.cache/normlab``), about half a minute on the first use of a given
 source and torch version, and loaded from there afterwards. Where it cannot be built, normlab warns
@@ -24,14 +27,19 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "group_norm_pn.cpp"
+CSRC = Path(__file__).with_name("csrc")
+EXTENSIONS: dict[str, Path] = {
+    "normlab_kernels": CSRC / "group_norm_pn.cpp",
+    "normlab_statistics": CSRC / "plane_moments.cpp",
+}
+SOURCE = EXTENSIONS["normlab_kernels"]
 # OpenMP makes ATen's parallel_for parallel, served by the runtime torch has loaded (Linux's
 # libgomp); elsewhere the kernel builds without it and runs its loops on one thread.
 _FLAGS = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
 
 _enabled = os.environ.get("NORMLAB_COMPILED", "1") != "0"
-_module: ModuleType | None = None
-_failure: str | None = None
+_modules: dict[str, ModuleType] = {}
+_failures: dict[str, str] = {}
 
 
 def set_compiled_kernels(enabled: bool) -> bool:
@@ -42,40 +50,41 @@ def set_compiled_kernels(enabled: bool) -> bool:
     return previous
 
 
-def build_directory() -> Path:
-    """Where the kernels are built: one directory per source, torch and Python version."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
+def build_directory(extension: str = "normlab_kernels") -> Path:
+    """Where an extension is built: one directory per source, torch and Python version."""
+    source = EXTENSIONS[extension]
+    digest = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
     root = Path(os.environ.get("NORMLAB_CACHE", Path.home() / ".cache" / "normlab"))
-    return root / f"kernels-torch{torch.__version__}-{python}-{digest}"
+    prefix = "kernels" if extension == "normlab_kernels" else extension.removeprefix("normlab_")
+    return root / f"{prefix}-torch{torch.__version__}-{python}-{digest}"
 
 
-def kernels() -> ModuleType | None:
-    """The compiled kernels, or None when they are turned off or cannot be built."""
-    global _module, _failure
-    if not _enabled or _failure is not None:
+def kernels(extension: str = "normlab_kernels") -> ModuleType | None:
+    """The compiled extension, or None when kernels are turned off or it cannot be built."""
+    if not _enabled or extension in _failures:
         return None
-    if _module is None:
+    if extension not in _modules:
         try:
-            _module = _build()
+            _modules[extension] = _build(extension)
         except Exception as error:  # no compiler, no ninja, a failed build: fall back, loudly
             last_line = (str(error).strip().splitlines() or [""])[-1]
-            _failure = f"{type(error).__name__}: {last_line}"
+            _failures[extension] = f"{type(error).__name__}: {last_line}"
             warnings.warn(
-                f"normlab could not build its C++ kernels ({_failure}); GN+PN runs the eager "
-                f"implementation (same results, slower on small activations). Set "
-                f"NORMLAB_COMPILED=0 to skip the attempt.",
+                f"normlab could not build its C++ kernels {extension} "
+                f"({_failures[extension]}); it runs the eager implementation instead (same "
+                f"results, slower). Set NORMLAB_COMPILED=0 to skip the attempt.",
                 RuntimeWarning,
                 stacklevel=3,
             )
             return None
-    return _module
+    return _modules[extension]
 
 
-def _build() -> ModuleType:
+def _build(extension: str) -> ModuleType:
     from torch.utils import cpp_extension
 
-    directory = build_directory()
+    directory = build_directory(extension)
     if not any(directory.glob("*.so")):
         print(
             f"normlab: compiling its C++ kernels into {directory} (first use only, about 30 s)",
@@ -84,8 +93,8 @@ def _build() -> ModuleType:
     directory.mkdir(parents=True, exist_ok=True)
     with _ninja_on_path():
         return cpp_extension.load(
-            name="normlab_kernels",
-            sources=[str(SOURCE)],
+            name=extension,
+            sources=[str(EXTENSIONS[extension])],
             extra_cflags=_FLAGS,
             build_directory=str(directory),
             verbose=False,
