@@ -90,3 +90,20 @@ def test_diagnostics_speed_table():
     diagnostics_speed.report([("gn8+pn", times)], say=lines.append)
     assert lines[0].startswith("| norm | forward ms (×) | power ms (×)")
     assert lines[-1].startswith("| gn8+pn | ")
+
+
+def test_model_step_table():
+    path = SCRIPT.with_name("model_step_speed.py")
+    spec = importlib.util.spec_from_file_location("model_step_speed", path)
+    model_step_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_step_speed)
+    schemes = ["bn", "gn8", "gn8+pn"]
+    results = model_step_speed.measure("resnet20", schemes, 2, 16, torch.device("cpu"), 2)
+    assert list(results) == schemes
+    assert results["gn8"][1]["gn8"] == 1.0
+    assert results["bn"][1]["bn"] == 1.0
+    assert all(seconds > 0 for seconds, _ in results.values())
+    lines = []
+    model_step_speed.report("resnet20", results, markdown=True, say=lines.append)
+    assert lines[1] == "| scheme | step ms | / gn8 | / bn |"
+    assert lines[-1].startswith("| gn8+pn | ")
