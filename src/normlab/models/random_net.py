@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_number, check_positive_int
 from ..scheme import Scheme
-from ._common import ClassifierHead, layers
+from ._common import ClassifierHead, check_images, layers
 from .registry import register
 
 
@@ -79,6 +79,7 @@ class RandomNet(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels  # checked at the entry: check_images
         depth, width = check_positive_int("depth", depth), check_positive_int("width", width)
         check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
@@ -128,6 +129,7 @@ class RandomNet(nn.Module):
                 affine[1].copy_(beta + self.beta_mean)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(self, x)
         x = self.layers(x)
         return x if self.head is None else self.head(x)
 
