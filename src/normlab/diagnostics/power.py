@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._checks import check_values
+
 
 @dataclass(frozen=True)
 class PowerDecomposition:
@@ -47,6 +49,7 @@ class PowerDecomposition:
 
 def instance_statistics(y: Tensor) -> tuple[Tensor, Tensor]:
     """μ_{x,c} and σ_{x,c}: mean and population std over spatial positions, shape (N, C)."""
+    check_values("the power decomposition", y, 0)
     if y.dim() < 3:
         raise ValueError(
             f"the power decomposition needs activations of shape (N, C, *spatial) with at least "

@@ -13,9 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_values
+
 
 def channel_values(t: Tensor) -> Tensor:
     """The activations of (N, C, *spatial) as (C, N·positions) in float64."""
+    check_values("per-channel statistics", t, 0)
     if t.dim() < 2:
         raise ValueError(
             f"per-channel statistics need activations of shape (N, C, *spatial), got shape "
