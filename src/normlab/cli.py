@@ -28,7 +28,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import __version__, models
-from ._argtypes import positive_float, positive_int
+from ._argtypes import number, positive_int
+from ._checks import check_device as _check_device
 from ._files import check_output_path
 from .analyze import AnalyzeConfig, run_analyze
 from .data import SPEC_FORMS
@@ -41,10 +42,13 @@ from .layers import (
     get_activation,
     proxy_moments,
 )
+from .models._common import MAX_WIDTH
 from .report import ReportFiles, check_report_folder
 from .report.html import format_value
 from .scheme import EXAMPLES, scheme, schemes
 from .training.command import add_parser as add_train_parser
+
+widths = number(low=0.0, high=MAX_WIDTH, low_open=True)
 
 
 def _schemes_table() -> Table:
@@ -132,23 +136,9 @@ def _finish_report(files: ReportFiles, console: Console) -> int:
 
 
 def check_device(name: str) -> str:
-    """The device name if torch can run there, else a ValueError saying why."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(
-            f"unknown device {name!r} ({error}); use cpu, cuda, cuda:1, mps, ..."
-        ) from None
-    available = {
-        "cpu": lambda: True,
-        "cuda": torch.cuda.is_available,
-        "mps": lambda: torch.backends.mps.is_available(),
-    }
-    if device.type not in available or not available[device.type]():
-        raise ValueError(
-            f"device {name!r} is not available here (choices on this machine: "
-            f"{', '.join(k for k, ok in available.items() if ok())})"
-        )
+    """The device name if torch can run there, else a ValueError saying why
+    (:func:`normlab._checks.check_device`)."""
+    _check_device(name)
     return name
 
 
@@ -314,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("train", "eval"),
         help="batch or running statistics (default: eval with a checkpoint)",
     )
-    analyze.add_argument("--width", type=positive_float, default=1.0, help="model width multiplier")
+    analyze.add_argument(
+        "--width", type=widths, default=1.0, help=f"model width multiplier, in (0, {MAX_WIDTH:g}]"
+    )
     analyze.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, ...")
     analyze.set_defaults(run=cmd_analyze)
     moments = commands.add_parser(
@@ -399,21 +391,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the output's reader went away (normlab models | head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except OUT_OF_MEMORY as error:
+    except Exception as error:
+        if not is_out_of_memory(error):
+            return _fail(name, error)
         _say(
             f"{name}: error: out of memory ({describe(error)[:200]}); use smaller sizes "
             "(--batch-size, --width, --samples, ...)"
         )
         return 2
-    except INPUT_ERRORS as error:
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that memory ran out: Python's MemoryError, torch's
+    OutOfMemoryError (CUDA), and the RuntimeError torch's CPU allocator raises
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ... bytes"), which a
+    width or batch size too large for the machine gives."""
+    if isinstance(error, OUT_OF_MEMORY):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ("can't allocate memory", "DefaultCPUAllocator")
+    )
+
+
+def _fail(name: str, error: Exception) -> int:
+    if isinstance(error, INPUT_ERRORS):
         _say(f"{name}: error: {describe(error)}")
         return 2
-    except Exception as error:
-        _say(
-            f"{name}: internal error, a bug in normlab (please report it): "
-            f"{type(error).__name__}: {describe(error)}; rerun with --debug for the traceback"
-        )
-        return 1
+    _say(
+        f"{name}: internal error, a bug in normlab (please report it): "
+        f"{type(error).__name__}: {describe(error)}; rerun with --debug for the traceback"
+    )
+    return 1
 
 
 def _say(line: str) -> None:
