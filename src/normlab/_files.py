@@ -7,6 +7,10 @@ r"""Writing files and folders so that an interrupted or failed write never leave
   it in at the end (old folder renamed away, new one renamed in, old one deleted): the folder
   holds one run's files only, and a run that fails or is interrupted leaves the old folder as it
   was and no temporary files.
+* :func:`file_group` writes several files that belong together (a table's markdown, CSVs and
+  figures; a document and its figure folder): each is staged to a temporary name beside it and
+  flushed, and only when all of them are written are they renamed to their names, one after the
+  other; a failed or interrupted write leaves the old complete set and no temporary files.
 * :func:`check_output_path` and :func:`check_replaceable_folder` refuse, before any work, a
   target that cannot be written, naming the path and the reason.
 
@@ -62,6 +66,65 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> N
 def copy_file_atomic(source: str | Path, target: str | Path) -> None:
     with open(source, "rb") as stream:
         write_atomic(target, lambda out: shutil.copyfileobj(stream, out))
+
+
+class FileGroup:
+    """Files staged by :func:`file_group`: ``write(path, write)``, ``write_text(path, text)``.
+
+    Each write goes to a temporary file beside its target (flushed to disk); :meth:`commit`
+    renames every staged file to its target, :meth:`discard` deletes them."""
+
+    def __init__(self) -> None:
+        self.staged: dict[Path, Path] = {}
+
+    def write(self, path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+        previous = self.staged.get(path)  # the same target twice: the last write wins
+        self.staged[path] = Path(temp)  # registered first, so that discard() finds it
+        if previous is not None:
+            previous.unlink(missing_ok=True)
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp, 0o666 & ~_umask())
+        return path
+
+    def write_text(self, path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+        return self.write(path, lambda stream: stream.write(text.encode(encoding)))
+
+    def commit(self) -> None:
+        for path, temp in list(self.staged.items()):
+            os.replace(temp, path)
+            del self.staged[path]
+
+    def discard(self) -> None:
+        for temp in self.staged.values():
+            temp.unlink(missing_ok=True)
+        self.staged.clear()
+
+
+@contextmanager
+def file_group() -> Iterator[FileGroup]:
+    """Stage files that belong together and rename them into place when the block completes::
+
+        with file_group() as files:
+            files.write_text(out / "table.md", markdown)
+            files.write_text(out / "results.csv", rows)
+
+    A reader (or a re-run) never sees the new table.md beside the old results.csv because the
+    run failed (a full disk, an error, Ctrl-C) between them: until every file is written the
+    old ones are untouched, and the renames, the only step left, take microseconds. On any
+    error or interrupt the staged files are deleted."""
+    group = FileGroup()
+    try:
+        yield group
+        group.commit()
+    except BaseException:
+        group.discard()
+        raise
 
 
 # -- checks before any work ------------------------------------------------------------------

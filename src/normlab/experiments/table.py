@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import write_text_atomic
+from .._files import FileGroup, file_group
 from ..training.config import CONFIG_KEYS, ConfigError
 
 METRICS = ("final_test_accuracy", "best_test_accuracy", "mean_train_accuracy", "final_train_loss")
@@ -196,7 +196,7 @@ def results_csv(runs: list[dict[str, Any]]) -> str:
     return stream.getvalue()
 
 
-def plot_table(table: Table, path: Path) -> list[Path]:
+def plot_table(table: Table, path: Path, files: FileGroup | None = None) -> list[Path]:
     from ..report.plots import new_figure, save_figure, style
 
     percent = 100.0 if table.metric in PERCENT else 1.0
@@ -219,7 +219,7 @@ def plot_table(table: Table, path: Path) -> list[Path]:
         ax.set_xticks(range(len(table.row_values)), table.row_values, rotation=30)
         ax.set(ylabel=table.metric + (" (%)" if percent == 100.0 else ""), xlabel=table.rows_key)
         ax.legend(fontsize=7)
-        return save_figure(fig, path)
+        return save_figure(fig, path, files=files)
 
 
 def write_table(
@@ -235,9 +235,10 @@ def write_table(
     train = build_table(chosen, rows_key, cols_key, "mean_train_accuracy")
     out = Path(out or folder)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "table.md", table.markdown() + "\n")
-    write_text_atomic(out / "table.csv", table.csv())
-    write_text_atomic(out / "train_table.md", train.markdown() + "\n")
-    write_text_atomic(out / "results.csv", results_csv(runs.rows))
-    plot_table(table, out / "table")
+    with file_group() as files:  # the five files of one table, or the old ones: never a mix
+        files.write_text(out / "table.md", table.markdown() + "\n")
+        files.write_text(out / "table.csv", table.csv())
+        files.write_text(out / "train_table.md", train.markdown() + "\n")
+        files.write_text(out / "results.csv", results_csv(runs.rows))
+        plot_table(table, out / "table", files)
     return table, runs.problems + table.notes
