@@ -32,7 +32,7 @@ def set_finite_checks(enabled: bool) -> bool:
     (torch.compile, torch.export, jit.trace) never run them (see :func:`tracing`).
     """
     global _finite_checks
-    previous, _finite_checks = _finite_checks, bool(enabled)
+    previous, _finite_checks = _finite_checks, check_bool("enabled", enabled)
     return previous
 
 
@@ -318,7 +318,7 @@ def check_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     ≥ ``minimum``."""
     what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     items = tuple(value) if isinstance(value, tuple | list) else (value,)
-    if len(items) not in (1, 2):
+    if len(items) != 2 and isinstance(value, tuple | list):  # (3,) would build a 1-d kernel
         raise ArgumentTypeError(
             f"{name} must be {what} or a pair of them (height, width), got {value!r}"
         )

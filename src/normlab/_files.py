@@ -19,6 +19,7 @@ Temporary names start with ``.tmp-`` (files) or ``.<folder>.tmp-`` (folders).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -42,6 +43,7 @@ def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     The file gets the permissions a plain ``open(path, "w")`` would give (not ``mkstemp``'s
     owner-only ones); on any error (or interrupt) the temporary file is deleted."""
     path = Path(path)
+    _check_parent(path)
     handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -53,6 +55,14 @@ def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _check_parent(path: Path) -> None:
+    """A missing folder named as such (mkstemp would name its temporary file instead)."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, "cannot write a file into a folder that does not exist", str(path.parent)
+        )
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

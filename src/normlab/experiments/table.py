@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._checks import is_real
 from .._files import FileGroup, file_group
 from ..training.config import CONFIG_KEYS, ConfigError
 
@@ -52,11 +53,13 @@ def read_runs(folder: str | Path) -> Runs:
     runs = Runs()
     for path in sorted(folder.rglob("summary.json")):
         try:
-            summary = json.loads(path.read_text())
+            summary = json.loads(path.read_text(encoding="utf-8"))
             status = summary["status"]
             if status == "finished":
                 config = summary["config"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+                if not isinstance(config, dict):
+                    raise TypeError(f"its config is a {type(config).__name__}, not a mapping")
+        except (ValueError, KeyError, TypeError) as error:  # not JSON, not UTF-8, no mapping
             runs.problems.append(
                 f"{path}: corrupt summary ({type(error).__name__}: {error}), skipped"
             )
@@ -156,6 +159,8 @@ def build_table(
         raise ConfigError(str(unknown("metric", metric, METRICS)))
     if not runs:
         raise ConfigError("no finished run to tabulate")
+    if isinstance(runs, str) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError("build_table needs a list of runs, each a mapping (read_runs(...).rows)")
     notes = []
     others = [
         k for k in CONFIG_KEYS
@@ -173,7 +178,7 @@ def build_table(
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in runs:
         value = r.get(metric)
-        if value is None or not math.isfinite(value):
+        if not is_real(value) or not math.isfinite(value):  # a string, a bool, None, NaN
             notes.append(f"note: {r['run']} has no finite {metric}, left out")
             continue
         groups[(_value(r, rows_key), _value(r, cols_key), str(r.get("regularization")))].append(
