@@ -300,9 +300,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not a YAML text file: byte {error.start} is not UTF-8 ({error.reason})"
+        ) from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
