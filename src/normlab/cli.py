@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import __version__, models
-from ._argtypes import number, positive_int
+from ._argtypes import integer, number, positive_int
 from ._checks import check_device as _check_device
 from ._files import check_output_path
 from .analyze import AnalyzeConfig, run_analyze
@@ -43,6 +43,8 @@ from .layers import (
     proxy_moments,
 )
 from .models._common import MAX_WIDTH
+from .models.random_net import MAX_DEPTH as RANDOM_NET_MAX_DEPTH
+from .models.random_net import MAX_WIDTH as RANDOM_NET_MAX_WIDTH
 from .report import ReportFiles, check_report_folder
 from .report.html import format_value
 from .scheme import EXAMPLES, scheme, schemes
@@ -283,9 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="normlab-report", help="report directory")
     demo.add_argument("--quick", action="store_true", help="a small run (under a minute)")
     demo.add_argument(
-        "--width", type=positive_int, help="random-net width (default 256; paper: 1024)"
+        "--width",
+        type=integer(1, RANDOM_NET_MAX_WIDTH),
+        help="random-net width (default 256; paper: 1024)",
     )
-    demo.add_argument("--depth", type=positive_int, help="random-net depth (default 50)")
+    demo.add_argument(
+        "--depth", type=integer(1, RANDOM_NET_MAX_DEPTH), help="random-net depth (default 50)"
+    )
     demo.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, ...")
     demo.set_defaults(run=cmd_demo)
     analyze = commands.add_parser("analyze", help="the analyses on one model and a data set")

@@ -46,6 +46,14 @@ def activation_affine(norm_act: nn.Module) -> tuple[Tensor, Tensor] | None:
     return None
 
 
+MAX_DEPTH = 10_000
+"""The deepest random net: each layer is a module, and 10⁸ of them exhaust memory while being
+built (the papers go to a few hundred)."""
+MAX_WIDTH = 8192
+"""The widest random net: a 3×3 conv of 8192 channels already holds 6·10⁸ weights (the PN paper
+used 1024)."""
+
+
 class RandomNet(nn.Module):
     r"""The random net of Definition 1 (Labatie et al. 2021).
 
@@ -80,7 +88,8 @@ class RandomNet(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = in_channels  # checked at the entry: check_images
-        depth, width = check_positive_int("depth", depth), check_positive_int("width", width)
+        depth = check_int("depth", depth, 1, MAX_DEPTH)
+        width = check_int("width", width, 1, MAX_WIDTH)
         check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(
