@@ -106,9 +106,45 @@ class FileGroup:
         return self.write(path, lambda stream: stream.write(text.encode(encoding)))
 
     def commit(self) -> None:
-        for path, temp in list(self.staged.items()):
-            os.replace(temp, path)
-            del self.staged[path]
+        """Rename every staged file to its target. The old targets are kept (hard links) until
+        all renames are done, so that a rename that fails half-way (a permission error, a full
+        directory) is rolled back: the old complete set is restored, no staged file is left."""
+        kept: dict[Path, Path | None] = {}
+        done: list[Path] = []
+        try:
+            for path in self.staged:
+                kept[path] = self._keep(path)
+            for path, temp in self.staged.items():
+                os.replace(temp, path)
+                done.append(path)
+        except BaseException:
+            for path in reversed(done):  # roll back: the old file, or none where there was none
+                old = kept.pop(path)
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    os.replace(old, path)
+            for old in kept.values():
+                if old is not None:
+                    old.unlink(missing_ok=True)
+            raise
+        for old in kept.values():
+            if old is not None:
+                old.unlink(missing_ok=True)
+        self.staged.clear()
+
+    @staticmethod
+    def _keep(path: Path) -> Path | None:
+        """A hard link to the current ``path`` under a temporary name (None if there is none)."""
+        if not path.exists():
+            return None
+        keep = path.with_name(f"{TEMP_PREFIX}{path.name}.old-{os.getpid()}")
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(path, keep)
+        except OSError:  # a file system without hard links: a copy
+            shutil.copyfile(path, keep)
+        return keep
 
     def discard(self) -> None:
         for temp in self.staged.values():

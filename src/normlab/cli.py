@@ -27,13 +27,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+if typing.TYPE_CHECKING:
+    from . import report
+
 from . import __version__, models
 from ._argtypes import integer, number, positive_int
 from ._checks import check_device as _check_device
 from ._files import check_output_path
-from .analyze import AnalyzeConfig, run_analyze
 from .data import SPEC_FORMS
-from .demo import ANALYSES, DemoConfig, run_demo
 from .experiments.command import add_parsers as add_experiment_parsers
 from .layers import (
     PUBLISHED_GAINS,
@@ -45,8 +46,6 @@ from .layers import (
 from .models._common import MAX_WIDTH
 from .models.random_net import MAX_DEPTH as RANDOM_NET_MAX_DEPTH
 from .models.random_net import MAX_WIDTH as RANDOM_NET_MAX_WIDTH
-from .report import ReportFiles, check_report_folder
-from .report.html import format_value
 from .scheme import EXAMPLES, scheme, schemes
 from .training.command import add_parser as add_train_parser
 
@@ -110,6 +109,8 @@ def cmd_moments(args: argparse.Namespace, console: Console) -> int:
 
 
 def _checks_table(checks: list[dict]) -> Table:
+    from .report.html import format_value
+
     table = Table(title="checks of the papers' claims")
     table.add_column("")
     table.add_column("claim", ratio=3, overflow="fold")
@@ -121,7 +122,7 @@ def _checks_table(checks: list[dict]) -> Table:
     return table
 
 
-def _finish_report(files: ReportFiles, console: Console) -> int:
+def _finish_report(files: report.ReportFiles, console: Console) -> int:
     """Print the checks and where the report is; 1 if a check failed."""
     checks = json.loads(files.metrics.read_text(encoding="utf-8"))["checks"]
     if checks:
@@ -156,6 +157,10 @@ def _progress(console: Console) -> Progress:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from .demo import DemoConfig, run_demo
+    from .demo.run import ANALYSES
+    from .report import check_report_folder
+
     out = check_report_folder(args.out, "--out")
     config = DemoConfig.quick(out) if args.quick else DemoConfig(out)
     sizes = (("width", args.width), ("depth", args.depth))
@@ -178,6 +183,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    from .analyze import AnalyzeConfig, run_analyze
+    from .report import check_report_folder
+
     check_report_folder(args.out, "--out")
     config = AnalyzeConfig(
         model=args.model,
@@ -276,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.commands = commands
     listing = commands.add_parser("schemes", help="list the spec grammar of normalization schemes")
     listing.add_argument("--examples", action="store_true", help="also build and list examples")
     listing.set_defaults(run=cmd_schemes)
@@ -385,7 +394,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (see the module's docstring)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser: "normlab train: error: ..."
+        command = parser.commands.choices.get(args.command, parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.debug:
         return _run(args)
     name = f"normlab {args.command}"
