@@ -122,8 +122,10 @@ def test_gaussian_noise_samples_are_reproducible_and_in_range():
     data = GaussianNoise(6, (2, 3, 3), num_classes=3, seed=5)
     x, y = data[np.int64(2)]
     again, label = GaussianNoise(6, (2, 3, 3), num_classes=3, seed=5)[torch.tensor(2)]
-    assert torch.equal(x, again) and y == label
-    assert x.shape == (2, 3, 3) and 0 <= y < 3
+    assert torch.equal(x, again)
+    assert y == label
+    assert x.shape == (2, 3, 3)
+    assert 0 <= y < 3
     assert not torch.equal(x, data[3][0])
 
 
@@ -158,7 +160,8 @@ def test_train_batches_arguments(kwargs, error, words):
 def test_train_batches_cover_the_limit_once_per_epoch():
     batches = TrainBatches("gaussian:1x4x4", "test", 3, train=False, limit=8)
     sizes = [x.shape[0] for x, _ in batches.epoch(0)]
-    assert sum(sizes) == 8 and max(sizes) == 3
+    assert sum(sizes) == 8
+    assert max(sizes) == 3
 
 
 # -- augmentations ---------------------------------------------------------------------------
@@ -203,7 +206,8 @@ def test_random_crop_flip_keeps_shape_dtype_and_values():
     out = random_crop_flip(x, 0, generator=torch.Generator().manual_seed(1), flip=False)
     assert torch.equal(out, x)
     padded = random_crop_flip(x, 2, generator=torch.Generator().manual_seed(1))
-    assert padded.shape == x.shape and padded.dtype == x.dtype
+    assert padded.shape == x.shape
+    assert padded.dtype == x.dtype
     assert set(padded.unique().tolist()) <= set(x.unique().tolist()) | {0}
 
 
@@ -267,8 +271,11 @@ def test_any_gaussian_shape_text_parses_exactly_or_gives_the_form(text):
 def test_real_mnist_reads_and_refuses_a_bad_split():
     arrays = read_mnist(DATA / "mnist", "test")
     assert arrays.images.shape[1:] == (1, 28, 28)
-    assert int(arrays.labels.min()) >= 0 and int(arrays.labels.max()) <= 9
+    assert int(arrays.labels.min()) >= 0
+    assert int(arrays.labels.max()) <= 9
     data = load_data(f"mnist:{DATA / 'mnist'}", "test", limit=5)
     x, y = data[4]
-    assert x.shape == (1, 28, 28) and bool(torch.isfinite(x).all()) and 0 <= y <= 9
+    assert x.shape == (1, 28, 28)
+    assert bool(torch.isfinite(x).all())
+    assert 0 <= y <= 9
     check(lambda: load_data(f"mnist:{DATA / 'mnist'}", "valid"), ValueError, "unknown split")

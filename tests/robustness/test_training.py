@@ -160,7 +160,8 @@ def test_a_checkpoint_round_trip_is_exact(tmp_path):
     state = {"model": {"w": torch.randn(3)}, "epoch": 4, "metrics": [1.5]}
     save_checkpoint(tmp_path / "last.pt", state)
     loaded = load_checkpoint(tmp_path / "last.pt")
-    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 4
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert loaded["epoch"] == 4
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
