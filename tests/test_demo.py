@@ -99,8 +99,7 @@ def test_a_failed_check_is_reported_not_hidden(tmp_path, monkeypatch, capsys):
         return demo.Analysis("failing", section, [Check.at_most("a false claim", 2.0, 1.0)])
 
     analyses = (("failing", failing),)
-    monkeypatch.setattr("normlab.demo.run.ANALYSES", analyses)  # what run_demo runs
-    monkeypatch.setattr("normlab.cli.ANALYSES", analyses)  # the progress bar's count
+    monkeypatch.setattr("normlab.demo.run.ANALYSES", analyses)  # what run_demo runs and counts
     code = main(["demo", "--quick", "--out", str(tmp_path)])
     assert code == 1
     assert "FAILED" in capsys.readouterr().out

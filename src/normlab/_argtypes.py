@@ -21,6 +21,8 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
         kind = "a positive integer (1, 2, ...)"
     elif low == 0 and high is None:
         kind = "a non-negative integer (0, 1, ...)"
+    elif low in (0, 1) and high is not None:
+        kind = f"a {'positive' if low else 'non-negative'} integer ({low} to {high})"
     else:
         left, right = "-inf" if low is None else low, "inf" if high is None else high
         kind = f"an integer in [{left}, {right}]"

@@ -32,7 +32,7 @@ def set_finite_checks(enabled: bool) -> bool:
     (torch.compile, torch.export, jit.trace) never run them (see :func:`tracing`).
     """
     global _finite_checks
-    previous, _finite_checks = _finite_checks, bool(enabled)
+    previous, _finite_checks = _finite_checks, check_bool("enabled", enabled)
     return previous
 
 
@@ -180,18 +180,92 @@ def check_momentum(value: object) -> float | None:
     return float(value)
 
 
-def check_int(name: str, value: object, minimum: int | None = 1) -> int:
+def check_int(name: str, value: object, minimum: int | None = 1, maximum: int | None = None) -> int:
     """``value`` as an int, checked to be an integer (not a bool or a float) ≥ ``minimum``
-    (any integer for None)."""
-    if minimum is None:
+    (any integer for None) and ≤ ``maximum`` (no bound for None)."""
+    if maximum is not None:
+        what = f"an integer in [{'-inf' if minimum is None else minimum}, {maximum}]"
+    elif minimum is None:
         what = "an integer"
     else:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        words = {0: "a non-negative integer", 1: "a positive integer"}
+        what = words.get(minimum, f"an integer >= {minimum}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ArgumentTypeError(f"{name} must be {what}, got {value!r} ({_kind(value)})")
-    if minimum is not None and value < minimum:
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` checked to be a bool (True or False): a string such as "no" or "false" is
+    truthy, so that reading it as a flag would silently switch the option on."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({_kind(value)})")
+    return value
+
+
+def check_str(name: str, value: object, example: str = "") -> str:
+    """``value`` checked to be a non-empty string (``example`` shows one)."""
+    hint = f", e.g. {example!r}" if example else ""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a string{hint}, got {value!r} ({_kind(value)})")
+    if not value.strip():
+        raise ValueError(f"{name} must be a non-empty string{hint}, got {value!r}")
+    return value
+
+
+DEVICE_FORMS = "cpu, cuda, cuda:K, mps"
+
+
+def available_devices() -> list[str]:
+    """The device types torch can compute on here: cpu, and cuda and mps where available."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(value: object, name: str = "device") -> torch.device:
+    """``value`` (a device name or a :class:`torch.device`) as a device torch can compute on
+    here: the CPU, a visible CUDA device, MPS where it is available. An unknown name, a
+    device this machine lacks and ``meta`` (tensors without values, which nothing can be
+    computed or read from) are ValueErrors naming ``name``, the value and the choices."""
+    if isinstance(value, torch.device):
+        device = value
+    elif isinstance(value, str):
+        try:
+            device = torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"unknown {name} {value!r}; valid forms: {DEVICE_FORMS} (choices on this "
+                f"machine: {', '.join(available_devices())})"
+            ) from None
+    else:
+        raise ArgumentTypeError(
+            f"{name} must be a device name ({DEVICE_FORMS}) or a torch.device, got {value!r} "
+            f"({_kind(value)})"
+        )
+    here = available_devices()
+    if device.type == "meta":
+        raise ValueError(
+            f"{name} {value!r} is not available here: meta tensors hold no values, so nothing can "
+            f"be computed or measured on them (choices on this machine: {', '.join(here)})"
+        )
+    if device.type not in here:
+        raise ValueError(
+            f"{name} {value!r} is not available here (choices on this machine: {', '.join(here)})"
+        )
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(
+                f"{name} {value!r} is not available here: {count} CUDA device(s) are visible "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    return device
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -219,12 +293,32 @@ def check_sequence(name: str, value: object, item: type = str, example: str = ""
     return tuple(value)
 
 
+def check_reals(name: str, values: object) -> list[float]:
+    """``values`` as a list of floats, checked to be a sequence (or 1-d array) of real numbers.
+    A string, None, a mapping or a sequence holding a non-number is an
+    :class:`ArgumentTypeError` naming ``name`` (numpy would say "could not convert string to
+    float: 'a'" without naming it). Finiteness is left to the caller."""
+    if hasattr(values, "tolist") and not isinstance(values, str | bytes):
+        values = values.tolist()  # a numpy array or a tensor
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise ArgumentTypeError(
+            f"{name} must be a sequence of numbers (a list, a tuple or a 1-d array), got "
+            f"{values!r} ({_kind(values)})"
+        )
+    bad = [v for v in values if not is_real(v)]
+    if bad:
+        raise ArgumentTypeError(
+            f"{name} must be a sequence of numbers, but it holds {bad[0]!r} ({_kind(bad[0])})"
+        )
+    return [float(v) for v in values]
+
+
 def check_pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     """A 2-d conv size (kernel_size, stride, padding, dilation): an int or a pair of ints, each
     ≥ ``minimum``."""
     what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     items = tuple(value) if isinstance(value, tuple | list) else (value,)
-    if len(items) not in (1, 2):
+    if len(items) != 2 and isinstance(value, tuple | list):  # (3,) would build a 1-d kernel
         raise ArgumentTypeError(
             f"{name} must be {what} or a pair of them (height, width), got {value!r}"
         )
@@ -292,6 +386,19 @@ def reference_tensor(module: nn.Module, *given: Tensor | None) -> Tensor | None:
     return None
 
 
+def check_same_device(layer: str, x: Tensor, reference: Tensor | None) -> None:
+    """Check that ``x`` lives on the device of ``reference`` (the layer's parameters): torch
+    would otherwise fail deep in a kernel ("Tensor on device cpu is not on the expected device
+    meta!") or, for a meta input, on the first value it reads back."""
+    if reference is None or x.device == reference.device:
+        return
+    raise ValueError(
+        f"{layer} holds its parameters on {reference.device} but got an input on {x.device} "
+        f"(shape {tuple(x.shape)}); move the input (x.to({str(reference.device)!r})) or the "
+        f"model (model.to({str(x.device)!r}))"
+    )
+
+
 def check_dtype(
     layer: str, x: Tensor, reference: Tensor | None = None, mixed_precision: bool = True
 ) -> None:
@@ -302,6 +409,7 @@ def check_dtype(
     normalization kernels do (and as mixed-precision training feeds them); under autocast the
     dtypes are left to autocast. Integer and bool inputs would otherwise fail deep in torch
     (or be promoted silently), and complex ones give complex outputs (FRN) or torch errors."""
+    check_same_device(layer, x, reference)
     if x.dtype not in FLOATING_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in FLOATING_DTYPES)
         raise TypeError(
@@ -360,6 +468,115 @@ def check_input(
             f"{x.shape[1]} channels (shape {tuple(x.shape)})"
         )
     check_dtype(layer, x, reference, mixed_precision)
+
+
+def check_model_input(
+    model: str, x: object, in_channels: int, reference: Tensor | None = None
+) -> None:
+    """Check the input of an image model at its entry: a floating tensor of shape (N, C, H, W)
+    with ``C == in_channels``, on the device and of the dtype of ``reference`` (the model's
+    first parameter).
+
+    Without it, a wrong input reaches the model's first plain torch layer and fails there with
+    torch's words ("expected input[2, 1, 8, 8] to have 3 channels"), or worse runs: one image
+    without its batch dim, (C, H, W), passes a conv2d as an unbatched input and is then read by
+    the normalizations as a batch of C inputs. torch.fx's tracing (convert, fold) is let through.
+    """
+    if isinstance(x, torch.fx.Proxy):
+        return
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{model} expects a torch.Tensor of images (N, C, H, W), got {type(x).__name__}"
+        )
+    if x.dim() != 4:
+        hint = ""
+        if x.dim() == 3 and x.shape[0] == in_channels:
+            hint = "; it looks like one image without its batch dim: add it with x.unsqueeze(0)"
+        raise ValueError(
+            f"{model} expects images of shape (N, C, H, W) with C = {in_channels}, got a "
+            f"{x.dim()}-d tensor of shape {tuple(x.shape)}{hint}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{model} was built for {in_channels} input channels but got images with "
+            f"{x.shape[1]} (shape {tuple(x.shape)}); build it with in_channels={x.shape[1]} or "
+            f"give {in_channels}-channel images"
+        )
+    check_dtype(model, x, reference, mixed_precision=False)
+
+
+def check_conv_input(layer: str, x: object, conv: nn.Conv2d) -> None:
+    """Check the input of a 2-d convolution: a tensor (N, C, H, W) (or one unbatched (C, H, W)
+    image, as torch's conv2d takes it) with ``C == conv.in_channels`` and each padded spatial
+    side at least the dilated kernel; torch's own errors say neither the layer nor the fix."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4):
+        raise ValueError(
+            f"{layer} expects an input of shape (N, C, H, W) with C = {conv.in_channels}, got a "
+            f"{x.dim()}-d tensor of shape {tuple(x.shape)}"
+        )
+    if x.shape[-3] != conv.in_channels:
+        raise ValueError(
+            f"{layer} was built for {conv.in_channels} input channels but got an input with "
+            f"{x.shape[-3]} channels (shape {tuple(x.shape)})"
+        )
+    if isinstance(conv.padding, str):
+        padding = (0, 0) if conv.padding == "valid" else None
+    else:
+        padding = conv.padding
+    if padding is not None:
+        for side, size, pad, kernel, dilation in zip(
+            ("height", "width"), x.shape[-2:], padding, conv.kernel_size, conv.dilation, strict=True
+        ):
+            need = dilation * (kernel - 1) + 1
+            if size + 2 * pad < need:
+                raise ValueError(
+                    f"{layer} got an input of shape {tuple(x.shape)} too small for its "
+                    f"{conv.kernel_size[0]}x{conv.kernel_size[1]} kernel: its {side} {size} padded "
+                    f"by {pad} on each side is below the {need} the kernel spans (dilation "
+                    f"{dilation})"
+                )
+
+
+def check_values(
+    what: str, t: object, min_dim: int = 1, layout: str = "", finite: bool = True
+) -> Tensor:
+    """``t`` checked to hold values a statistic can be computed from: a real (floating or
+    integer) tensor, not a meta tensor, of at least ``min_dim`` dims (``layout`` names the
+    expected shape), non-empty and (unless ``finite=False``, for callers that check their
+    results instead: a pass over ``t`` saved) finite. A complex tensor would lose its imaginary
+    part to a float64 cast, a NaN would make every statistic NaN without an error, and a meta
+    tensor has no values to read."""
+    layout = layout or (f"of at least {min_dim} dims" if min_dim > 1 else "")
+    if not isinstance(t, Tensor):
+        shown = f"a torch.Tensor {layout}".rstrip()
+        raise TypeError(f"{what} needs {shown}, got {type(t).__name__}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(
+            f"{what} needs real values (a floating or integer tensor), got dtype "
+            f"{str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)}"
+        )
+    if t.dim() < min_dim:
+        raise ValueError(f"{what} needs a tensor {layout}, got shape {tuple(t.shape)}")
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{what} needs values, got a meta tensor of shape {tuple(t.shape)} (shape only)"
+        )
+    if t.numel() == 0:
+        raise ValueError(f"{what} needs values, got an empty tensor of shape {tuple(t.shape)}")
+    if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise non_finite_values(what, t)
+    return t
+
+
+def non_finite_values(what: str, t: Tensor) -> NonFiniteError:
+    """The error for ``t`` holding NaN or inf, counting them (a pass over ``t``)."""
+    bad = int((~torch.isfinite(t)).sum())
+    return NonFiniteError(
+        f"{what} got non-finite values: {bad} of {t.numel()} values are NaN or inf (shape "
+        f"{tuple(t.shape)}); every statistic of them would be NaN"
+    )
 
 
 def layer_name(module: nn.Module) -> str:

@@ -7,6 +7,10 @@ r"""Writing files and folders so that an interrupted or failed write never leave
   it in at the end (old folder renamed away, new one renamed in, old one deleted): the folder
   holds one run's files only, and a run that fails or is interrupted leaves the old folder as it
   was and no temporary files.
+* :func:`file_group` writes several files that belong together (a table's markdown, CSVs and
+  figures; a document and its figure folder): each is staged to a temporary name beside it and
+  flushed, and only when all of them are written are they renamed to their names, one after the
+  other; a failed or interrupted write leaves the old complete set and no temporary files.
 * :func:`check_output_path` and :func:`check_replaceable_folder` refuse, before any work, a
   target that cannot be written, naming the path and the reason.
 
@@ -15,6 +19,7 @@ Temporary names start with ``.tmp-`` (files) or ``.<folder>.tmp-`` (folders).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -38,6 +43,7 @@ def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     The file gets the permissions a plain ``open(path, "w")`` would give (not ``mkstemp``'s
     owner-only ones); on any error (or interrupt) the temporary file is deleted."""
     path = Path(path)
+    _check_parent(path)
     handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -51,6 +57,14 @@ def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         raise
 
 
+def _check_parent(path: Path) -> None:
+    """A missing folder named as such (mkstemp would name its temporary file instead)."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, "cannot write a file into a folder that does not exist", str(path.parent)
+        )
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     write_atomic(path, lambda stream: stream.write(data))
 
@@ -62,6 +76,101 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> N
 def copy_file_atomic(source: str | Path, target: str | Path) -> None:
     with open(source, "rb") as stream:
         write_atomic(target, lambda out: shutil.copyfileobj(stream, out))
+
+
+class FileGroup:
+    """Files staged by :func:`file_group`: ``write(path, write)``, ``write_text(path, text)``.
+
+    Each write goes to a temporary file beside its target (flushed to disk); :meth:`commit`
+    renames every staged file to its target, :meth:`discard` deletes them."""
+
+    def __init__(self) -> None:
+        self.staged: dict[Path, Path] = {}
+
+    def write(self, path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+        previous = self.staged.get(path)  # the same target twice: the last write wins
+        self.staged[path] = Path(temp)  # registered first, so that discard() finds it
+        if previous is not None:
+            previous.unlink(missing_ok=True)
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp, 0o666 & ~_umask())
+        return path
+
+    def write_text(self, path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+        return self.write(path, lambda stream: stream.write(text.encode(encoding)))
+
+    def commit(self) -> None:
+        """Rename every staged file to its target. The old targets are kept (hard links) until
+        all renames are done, so that a rename that fails half-way (a permission error, a full
+        directory) is rolled back: the old complete set is restored, no staged file is left."""
+        kept: dict[Path, Path | None] = {}
+        done: list[Path] = []
+        try:
+            for path in self.staged:
+                kept[path] = self._keep(path)
+            for path, temp in self.staged.items():
+                os.replace(temp, path)
+                done.append(path)
+        except BaseException:
+            for path in reversed(done):  # roll back: the old file, or none where there was none
+                old = kept.pop(path)
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    os.replace(old, path)
+            for old in kept.values():
+                if old is not None:
+                    old.unlink(missing_ok=True)
+            raise
+        for old in kept.values():
+            if old is not None:
+                old.unlink(missing_ok=True)
+        self.staged.clear()
+
+    @staticmethod
+    def _keep(path: Path) -> Path | None:
+        """A hard link to the current ``path`` under a temporary name (None if there is none)."""
+        if not path.exists():
+            return None
+        keep = path.with_name(f"{TEMP_PREFIX}{path.name}.old-{os.getpid()}")
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(path, keep)
+        except OSError:  # a file system without hard links: a copy
+            shutil.copyfile(path, keep)
+        return keep
+
+    def discard(self) -> None:
+        for temp in self.staged.values():
+            temp.unlink(missing_ok=True)
+        self.staged.clear()
+
+
+@contextmanager
+def file_group() -> Iterator[FileGroup]:
+    """Stage files that belong together and rename them into place when the block completes::
+
+        with file_group() as files:
+            files.write_text(out / "table.md", markdown)
+            files.write_text(out / "results.csv", rows)
+
+    A reader (or a re-run) never sees the new table.md beside the old results.csv because the
+    run failed (a full disk, an error, Ctrl-C) between them: until every file is written the
+    old ones are untouched, and the renames, the only step left, take microseconds. On any
+    error or interrupt the staged files are deleted."""
+    group = FileGroup()
+    try:
+        yield group
+        group.commit()
+    except BaseException:
+        group.discard()
+        raise
 
 
 # -- checks before any work ------------------------------------------------------------------

@@ -27,12 +27,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+if typing.TYPE_CHECKING:
+    from . import report
+
 from . import __version__, models
-from ._argtypes import positive_float, positive_int
+from ._argtypes import integer, number, positive_int
+from ._checks import check_device as _check_device
 from ._files import check_output_path
-from .analyze import AnalyzeConfig, run_analyze
 from .data import SPEC_FORMS
-from .demo import ANALYSES, DemoConfig, run_demo
 from .experiments.command import add_parsers as add_experiment_parsers
 from .layers import (
     PUBLISHED_GAINS,
@@ -41,10 +43,13 @@ from .layers import (
     get_activation,
     proxy_moments,
 )
-from .report import ReportFiles, check_report_folder
-from .report.html import format_value
+from .models._common import MAX_WIDTH
+from .models.random_net import MAX_DEPTH as RANDOM_NET_MAX_DEPTH
+from .models.random_net import MAX_WIDTH as RANDOM_NET_MAX_WIDTH
 from .scheme import EXAMPLES, scheme, schemes
 from .training.command import add_parser as add_train_parser
+
+widths = number(low=0.0, high=MAX_WIDTH, low_open=True)
 
 
 def _schemes_table() -> Table:
@@ -104,6 +109,8 @@ def cmd_moments(args: argparse.Namespace, console: Console) -> int:
 
 
 def _checks_table(checks: list[dict]) -> Table:
+    from .report.html import format_value
+
     table = Table(title="checks of the papers' claims")
     table.add_column("")
     table.add_column("claim", ratio=3, overflow="fold")
@@ -115,7 +122,7 @@ def _checks_table(checks: list[dict]) -> Table:
     return table
 
 
-def _finish_report(files: ReportFiles, console: Console) -> int:
+def _finish_report(files: report.ReportFiles, console: Console) -> int:
     """Print the checks and where the report is; 1 if a check failed."""
     checks = json.loads(files.metrics.read_text(encoding="utf-8"))["checks"]
     if checks:
@@ -132,23 +139,9 @@ def _finish_report(files: ReportFiles, console: Console) -> int:
 
 
 def check_device(name: str) -> str:
-    """The device name if torch can run there, else a ValueError saying why."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(
-            f"unknown device {name!r} ({error}); use cpu, cuda, cuda:1, mps, ..."
-        ) from None
-    available = {
-        "cpu": lambda: True,
-        "cuda": torch.cuda.is_available,
-        "mps": lambda: torch.backends.mps.is_available(),
-    }
-    if device.type not in available or not available[device.type]():
-        raise ValueError(
-            f"device {name!r} is not available here (choices on this machine: "
-            f"{', '.join(k for k, ok in available.items() if ok())})"
-        )
+    """The device name if torch can run there, else a ValueError saying why
+    (:func:`normlab._checks.check_device`)."""
+    _check_device(name)
     return name
 
 
@@ -164,6 +157,10 @@ def _progress(console: Console) -> Progress:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from .demo import DemoConfig, run_demo
+    from .demo.run import ANALYSES
+    from .report import check_report_folder
+
     out = check_report_folder(args.out, "--out")
     config = DemoConfig.quick(out) if args.quick else DemoConfig(out)
     sizes = (("width", args.width), ("depth", args.depth))
@@ -186,6 +183,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    from .analyze import AnalyzeConfig, run_analyze
+    from .report import check_report_folder
+
     check_report_folder(args.out, "--out")
     config = AnalyzeConfig(
         model=args.model,
@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.commands = commands
     listing = commands.add_parser("schemes", help="list the spec grammar of normalization schemes")
     listing.add_argument("--examples", action="store_true", help="also build and list examples")
     listing.set_defaults(run=cmd_schemes)
@@ -293,9 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="normlab-report", help="report directory")
     demo.add_argument("--quick", action="store_true", help="a small run (under a minute)")
     demo.add_argument(
-        "--width", type=positive_int, help="random-net width (default 256; paper: 1024)"
+        "--width",
+        type=integer(1, RANDOM_NET_MAX_WIDTH),
+        help="random-net width (default 256; paper: 1024)",
     )
-    demo.add_argument("--depth", type=positive_int, help="random-net depth (default 50)")
+    demo.add_argument(
+        "--depth", type=integer(1, RANDOM_NET_MAX_DEPTH), help="random-net depth (default 50)"
+    )
     demo.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, ...")
     demo.set_defaults(run=cmd_demo)
     analyze = commands.add_parser("analyze", help="the analyses on one model and a data set")
@@ -314,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("train", "eval"),
         help="batch or running statistics (default: eval with a checkpoint)",
     )
-    analyze.add_argument("--width", type=positive_float, default=1.0, help="model width multiplier")
+    analyze.add_argument(
+        "--width", type=widths, default=1.0, help=f"model width multiplier, in (0, {MAX_WIDTH:g}]"
+    )
     analyze.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, ...")
     analyze.set_defaults(run=cmd_analyze)
     moments = commands.add_parser(
@@ -387,7 +394,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (see the module's docstring)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser: "normlab train: error: ..."
+        command = parser.commands.choices.get(args.command, parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.debug:
         return _run(args)
     name = f"normlab {args.command}"
@@ -399,21 +410,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the output's reader went away (normlab models | head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except OUT_OF_MEMORY as error:
+    except Exception as error:
+        if not is_out_of_memory(error):
+            return _fail(name, error)
         _say(
             f"{name}: error: out of memory ({describe(error)[:200]}); use smaller sizes "
             "(--batch-size, --width, --samples, ...)"
         )
         return 2
-    except INPUT_ERRORS as error:
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that memory ran out: Python's MemoryError, torch's
+    OutOfMemoryError (CUDA), and the RuntimeError torch's CPU allocator raises
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ... bytes"), which a
+    width or batch size too large for the machine gives."""
+    if isinstance(error, OUT_OF_MEMORY):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ("can't allocate memory", "DefaultCPUAllocator")
+    )
+
+
+def _fail(name: str, error: Exception) -> int:
+    if isinstance(error, INPUT_ERRORS):
         _say(f"{name}: error: {describe(error)}")
         return 2
-    except Exception as error:
-        _say(
-            f"{name}: internal error, a bug in normlab (please report it): "
-            f"{type(error).__name__}: {describe(error)}; rerun with --debug for the traceback"
-        )
-        return 1
+    _say(
+        f"{name}: internal error, a bug in normlab (please report it): "
+        f"{type(error).__name__}: {describe(error)}; rerun with --debug for the traceback"
+    )
+    return 1
 
 
 def _say(line: str) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from ._checks import check_conv, check_positive_int, closest
+from ._checks import check_bool, check_conv, check_positive_int, closest
 from .layers import (
     TLU,
     Act,
@@ -208,8 +208,7 @@ class Scheme:
         if padding is None:
             k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
             padding = tuple(dilation * (size - 1) // 2 for size in k)
-        if bias is None:
-            bias = not self.has_norm
+        bias = not self.has_norm if bias is None else check_bool("bias", bias)
         kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
         kwargs["bias"] = bias
         if self.normalizer == "nf":
@@ -223,6 +222,7 @@ class Scheme:
     def norm(self, num_channels: int, affine: bool = True) -> nn.Module:
         """The normalizer alone (with its own affine by default); Identity for none and nf."""
         check_positive_int("num_channels", num_channels)
+        affine = check_bool("affine", affine)
         if not self.has_norm:
             return nn.Identity()
         return self._normalizer(num_channels, affine=affine, nonlinear=False)

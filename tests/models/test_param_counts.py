@@ -83,6 +83,6 @@ def test_macs_match_the_papers(name, published):
 def test_count_macs_takes_the_input_channels():
     model = create("cnn10", in_channels=1, width=0.25)
     assert count_macs(model, 32, in_channels=1) > 0
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="PlainCNN was built for 1 input channels"):
         count_macs(model, 32, in_channels=3)
     assert torch.is_grad_enabled()

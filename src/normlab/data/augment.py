@@ -31,8 +31,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .._checks import check_bool, check_int, check_number, check_reals
+
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
+MAX_PADDING = 1024
+MAX_IMAGE_SIDE = 4096  # as data specs' gaussian:CxHxW
 CROP_RATIO = 0.875  # eval: resize the shorter side to size / 0.875 (256 for 224), crop the centre
 
 
@@ -49,10 +53,9 @@ def crop_flip_params(
 ) -> CropFlip:
     """Draw offsets dy, dx uniform in {0, …, 2·padding} and flips with probability ``flip_p``,
     in this order, from ``generator`` (a CPU generator)."""
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    if not 0.0 <= flip_p <= 1.0:
-        raise ValueError(f"flip_p must be a probability in [0, 1], got {flip_p}")
+    n = check_int("n", n, 0)
+    padding = check_int("padding", padding, 0, MAX_PADDING)
+    flip_p = check_number("flip_p (a probability)", flip_p, 0.0, 1.0)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     flipped = torch.rand(n, generator=generator) < flip_p
@@ -64,8 +67,11 @@ def crop_flip(x: Tensor, padding: int, params: CropFlip) -> Tensor:
     flipped, for the whole batch at once: the padded batch's (2p+1)² windows are a strided view
     (unfold, no copy), one advanced index takes sample n's window (dy_n, dx_n), and one
     ``where`` mirrors the flipped ones. No loop over samples, no host synchronisation."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"crop_flip expects a tensor batch (N, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"crop_flip expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    padding = check_int("padding", padding, 0, MAX_PADDING)
     N, _, H, W = x.shape
     dy, dx, flipped = (t.to(x.device) for t in params)
     if dy.shape != (N,) or dx.shape != (N,) or flipped.shape != (N,):
@@ -84,6 +90,11 @@ def random_crop_flip(
 ) -> Tensor:
     """Random crop with ``padding`` and (if ``flip``) a horizontal flip with p = 1/2 of every
     sample of the batch ``x`` (N, C, H, W), uint8 or float; same dtype and shape out."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"random_crop_flip expects a tensor batch (N, C, H, W), got {type(x).__name__}"
+        )
+    flip = check_bool("flip", flip)
     params = crop_flip_params(x.shape[0], padding, generator=generator, flip_p=0.5 * flip)
     return crop_flip(x, padding, params)
 
@@ -121,9 +132,19 @@ def resized_crop_box(
     first box that fits is placed at a uniform (top, left). If none fits, the box is the central
     crop of the whole image clamped to the ratio range.
     """
-    if not (0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1]):
+    width = check_int("width", width, 1)
+    height = check_int("height", height, 1)
+    scale, ratio = check_reals("scale", scale), check_reals("ratio", ratio)
+    if len(scale) != 2 or len(ratio) != 2:
         raise ValueError(
-            f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1], got "
+            f"scale and ratio must be (low, high) pairs, got scale={tuple(scale)}, "
+            f"ratio={tuple(ratio)}"
+        )
+    if not all(math.isfinite(v) for v in (*scale, *ratio)) or not (
+        0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1]
+    ):
+        raise ValueError(
+            f"need 0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1] (finite), got "
             f"scale={tuple(scale)}, ratio={tuple(ratio)}"
         )
     area = width * height
@@ -160,6 +181,7 @@ def random_resized_crop_flip(
 ) -> Image.Image:
     """The box of :func:`resized_crop_box` resized (bilinear) to size×size, then mirrored with
     probability 1/2 (drawn after the box, from the same generator)."""
+    size = check_int("size", size, 1, MAX_IMAGE_SIDE)
     top, left, h, w = resized_crop_box(
         image.width, image.height, generator=generator, scale=scale, ratio=ratio
     )
@@ -175,8 +197,8 @@ def resize_center_crop(
     """Evaluation transform: the shorter side resized (bilinear) to round(size / crop_ratio),
     the longer one in proportion (truncated), then the central size×size window, its top-left
     corner at round((side − size) / 2)."""
-    if not 0 < crop_ratio <= 1:
-        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    size = check_int("size", size, 1, MAX_IMAGE_SIDE)
+    crop_ratio = check_number("crop_ratio", crop_ratio, 0.0, 1.0, low_open=True)
     short = round(size / crop_ratio)
     width, height = image.width, image.height
     if width <= height:

@@ -3,13 +3,41 @@ channel) and :class:`GaussianNoise` (white noise generated per index, nothing he
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._checks import check_int
 from .readers import ImageArrays
+
+MAX_CHANNELS = 1024
+MAX_SIDE = 4096
+MAX_SAMPLE_BYTES = 1 << 30
+MAX_CLASSES = 1_000_000
+MAX_SEED = 1 << 40  # seed · 1 000 003 + index stays a 63-bit generator seed
+
+
+def check_sample_shape(name: str, shape: object) -> tuple[int, ...]:
+    """A sample's shape: a non-empty sequence of positive integers whose float32 sample takes at
+    most 1 GiB (:data:`MAX_SAMPLE_BYTES`), so that a mistyped size (an extra digit) fails here
+    rather than exhausting memory at the first batch."""
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence) or not shape:
+        raise TypeError(
+            f"{name} must be a non-empty sequence of positive integers, e.g. (3, 32, 32), got "
+            f"{shape!r}"
+        )
+    dims = tuple(check_int(f"{name}[{i}]", d, 1) for i, d in enumerate(shape))
+    values = math.prod(dims)
+    if values * 4 > MAX_SAMPLE_BYTES:
+        raise ValueError(
+            f"{name} {dims} gives float32 samples of {values * 4 / 2**30:.1f} GiB each; the limit "
+            f"is {MAX_SAMPLE_BYTES / 2**30:.0f} GiB per sample ({MAX_SAMPLE_BYTES // 4:,} values)"
+        )
+    return dims
 
 
 class ImageDataset(Dataset):
@@ -79,12 +107,11 @@ class GaussianNoise(Dataset):
         num_classes: int = 10,
         seed: int = 0,
     ) -> None:
-        if num_samples < 1 or num_classes < 1 or not shape or min(shape) < 1:
-            raise ValueError(
-                f"GaussianNoise needs positive num_samples, num_classes and dims, got "
-                f"num_samples={num_samples}, shape={tuple(shape)}, num_classes={num_classes}"
-            )
-        self.num_samples, self.shape, self.seed = num_samples, tuple(shape), seed
+        num_samples = check_int("GaussianNoise num_samples", num_samples, 1)
+        num_classes = check_int("GaussianNoise num_classes", num_classes, 1, MAX_CLASSES)
+        seed = check_int("GaussianNoise seed", seed, 0, MAX_SEED)
+        shape = check_sample_shape("GaussianNoise shape", shape)
+        self.num_samples, self.shape, self.seed = num_samples, shape, seed
         self.classes = tuple(str(i) for i in range(num_classes))
         self.name = "gaussian"
 
@@ -100,6 +127,12 @@ class GaussianNoise(Dataset):
         return self.num_samples
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(
+                f"GaussianNoise indices are integers, got {index!r} ({type(index).__name__})"
+            ) from None
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)

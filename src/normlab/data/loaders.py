@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .._checks import unknown
+from .._checks import check_bool, check_device, check_int, unknown
 from .augment import (
     crop_flip,
     crop_flip_params,
@@ -46,7 +46,7 @@ from .augment import (
     resize_center_crop,
     to_uint8_tensor,
 )
-from .datasets import GaussianNoise, ImageDataset
+from .datasets import MAX_SIDE, GaussianNoise, ImageDataset
 from .folder import ImageFolder
 from .specs import _check_limit, load_data, parse_spec
 
@@ -68,10 +68,7 @@ def mix_seed(*values: int) -> int:
 
 
 def _nonnegative_int(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        bound = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {bound} integer, got {value!r}")
-    return value
+    return check_int(name, value, minimum)
 
 
 class _MemorySource:
@@ -199,11 +196,13 @@ class TrainBatches:
             )
         self.workers = _nonnegative_int("workers", workers)
         _check_limit(limit)
-        self.train, self.seed = bool(train), int(seed)
+        self.train, self.seed = check_bool("train", train), check_int("seed", seed, None)
+        if image_size is not None:
+            check_int("image_size", image_size, 1, MAX_SIDE)
         self._augment_arg = augment
         self.augment = self.train if augment is None else bool(augment)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.name, _ = parse_spec(dataset_spec)
         self.data = self._open(dataset_spec, split, limit, image_size)
         self.sampler = self._sampler()

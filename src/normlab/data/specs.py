@@ -11,12 +11,13 @@ An unknown dataset name is a ValueError suggesting the closest one and listing t
 
 from __future__ import annotations
 
+import numbers
 import re
 
 from torch.utils.data import Dataset
 
-from .._checks import unknown
-from .datasets import GaussianNoise, ImageDataset
+from .._checks import ArgumentTypeError, unknown
+from .datasets import MAX_CHANNELS, MAX_SAMPLE_BYTES, MAX_SIDE, GaussianNoise, ImageDataset
 from .folder import ImageFolder
 from .readers import CIFAR, SPLITS, STATS, _split, read_cifar, read_mnist
 
@@ -67,7 +68,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def _check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
+        raise ArgumentTypeError(
+            f"limit must be a positive integer or None, got {limit!r} ({type(limit).__name__})"
+        )
+    if limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
 
 
@@ -75,11 +82,6 @@ def _holding(name: str) -> str:
     if name == "folder":
         return "train/ and val/ class folders)"
     return "the IDX files)" if "mnist" in name else f"{CIFAR[name]['folder']}/)"
-
-
-MAX_CHANNELS = 1024
-MAX_SIDE = 4096
-MAX_SAMPLE_BYTES = 1 << 30
 
 
 def _shape(argument: str, spec: str) -> tuple[int, int, int]:

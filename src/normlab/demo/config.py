@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._checks import check_device, check_int
 from ..models import create
+from ..models.random_net import MAX_DEPTH, MAX_WIDTH
 from ..report import Check, Section
 
 
@@ -46,6 +48,19 @@ class DemoConfig:
     seeds: int = 3
     pn_samples: int = 200_000
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        """Check every size before any work: a zero or a float fails deep in a model, a huge
+        depth or width exhausts memory while the net is built."""
+        check_int("width", self.width, 1, MAX_WIDTH)
+        check_int("depth", self.depth, 1, MAX_DEPTH)
+        for name in ("samples", "size", "spp_samples", "spp_size", "cifar_samples",
+                     "cifar_size", "seeds", "pn_samples"):  # fmt: skip
+            check_int(name, getattr(self, name), 1)
+        for name in ("cnn_width", "cnn_depth"):
+            limit = MAX_WIDTH if name == "cnn_width" else MAX_DEPTH
+            check_int(name, getattr(self, name), 1, limit)
+        check_device(self.device)
 
     @classmethod
     def quick(cls, out: Path) -> DemoConfig:

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_values
 from .probes import Data, Mode, Selector, Where, check_where, observed_tensor, resolve, stream
 from .statistics import ChannelMoments
 
 
 def _features(features: Tensor, statistic: str) -> Tensor:
+    if isinstance(features, Tensor) and features.dim() >= 2:
+        check_values(statistic, features, 2, "of shape (N, D)")
     if not isinstance(features, Tensor) or features.dim() < 2:
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise ValueError(f"{statistic} needs features of shape (N, D), got {shape}")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._checks import check_reals
+
 
 @dataclass(frozen=True)
 class LinearFit:
@@ -30,7 +32,8 @@ class LinearFit:
 
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> LinearFit:
     """Least-squares line through the points (x_i, y_i); needs two distinct finite x values."""
-    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    xs = np.asarray(check_reals("x", x), dtype=np.float64)
+    ys = np.asarray(check_reals("y", y), dtype=np.float64)
     if xs.shape != ys.shape or xs.ndim != 1:
         raise ValueError(
             f"linear_fit needs two 1-d sequences of equal length, got shapes {xs.shape} and "

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import unknown
+from .._checks import check_int, check_reals, unknown
 from .fit import linear_fit
 from .probes import (
     Data,
@@ -70,14 +70,14 @@ class GrowthFit:
 
 def fit_growth(norms: Sequence[float], depths: Sequence[float] | None = None) -> GrowthFit:
     """Fit log(norm) = rate·depth + intercept by least squares (depths default to 0, 1, ...)."""
-    values = [float(n) for n in norms]
+    values = check_reals("norms", norms)
     for index, value in enumerate(values):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(
                 f"an exponential growth fit needs positive finite norms, got {value} at "
                 f"index {index}"
             )
-    depths = list(range(len(values))) if depths is None else [float(d) for d in depths]
+    depths = list(range(len(values))) if depths is None else check_reals("depths", depths)
     fit = linear_fit(depths, [math.log(v) for v in values])
     return GrowthFit(fit.slope, fit.intercept, fit.r2)
 
@@ -106,6 +106,7 @@ def gradient_profile(
     :func:`~normlab.diagnostics.power_profile` (here with gradients enabled); ``loss`` as in
     the module docstring."""
     check_where(where)
+    seed = check_int("seed", seed, None)
     loss_fn = _loss(loss, seed)
     modules = resolve(model, where, select)
     squares: dict[str, float] = {}

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .._checks import check_values
 from .statistics import MU, MU_M2, SIGMA, SIGMA_M2, channel_summary, merge_summaries, plane_moments
+
+POWER = "the power decomposition"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class PowerDecomposition:
 def instance_statistics(y: Tensor) -> tuple[Tensor, Tensor]:
     """μ_{x,c} and σ_{x,c}: mean and population std over spatial positions, shape (N, C)."""
     _check_spatial(y)
-    mean, m2, size = plane_moments(y)
+    mean, m2, size = plane_moments(y, POWER)
     return mean, (m2 / size).sqrt()
 
 
@@ -65,9 +68,7 @@ class PowerAccumulator:
 
     def update(self, y: Tensor) -> PowerAccumulator:
         _check_spatial(y)
-        if y.shape[0] == 0:
-            return self
-        summary, n, _ = channel_summary(y)
+        summary, n, _ = channel_summary(y, POWER)
         if self._summary is None:
             self._summary, self.count = summary, n
             return self
@@ -99,6 +100,7 @@ def power_decomposition(y: Tensor) -> PowerDecomposition:
 
 
 def _check_spatial(y: Tensor) -> None:
+    check_values(POWER, y, 0, finite=False)
     if y.dim() < 3:
         raise ValueError(
             f"the power decomposition needs activations of shape (N, C, *spatial) with at least "

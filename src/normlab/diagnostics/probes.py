@@ -212,6 +212,11 @@ def model_place(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def to_model(x: Tensor, place: tuple[torch.device, torch.dtype]) -> Tensor:
     device, dtype = place
+    if x.device.type == "meta" and device.type != "meta":
+        raise ValueError(
+            f"data holds a meta tensor of shape {tuple(x.shape)} (shape only, no values) for a "
+            f"model on {device}; give real inputs"
+        )
     return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
 
 

@@ -28,53 +28,53 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .._checks import NonFiniteError, check_values, non_finite_values
 from ..layers import compiled
 
 # rows of a channel summary
 MU, MU_M2, SIGMA, SIGMA_M2, PLANE_M2 = range(5)
 
 
-class NonFiniteStatisticsError(ValueError):
+STATISTICS = "per-channel statistics"
+
+
+class NonFiniteStatisticsError(NonFiniteError):
     """Statistics of activations that hold NaN or inf (or overflow float64)."""
 
 
 def channel_values(t: Tensor) -> Tensor:
     """The activations of (N, C, *spatial) as (C, N·positions) in float64."""
+    check_values(STATISTICS, t, 0)
     _check_rank(t, 2)
     return t.detach().double().transpose(0, 1).reshape(t.shape[1], -1)
 
 
-def plane_moments(t: Tensor) -> tuple[Tensor, Tensor, int]:
+def plane_moments(t: Tensor, what: str = STATISTICS) -> tuple[Tensor, Tensor, int]:
     """Per (n, c) plane of ``t`` (N, C, *positions): mean and M2 = Σ(x − mean)², each (N, C)
-    float64, and the number L of positions per plane. An empty batch gives (0, C) results."""
-    t, size = _prepared(t)
-    if t.shape[0] == 0:
-        empty = t.new_zeros(t.shape[:2], dtype=torch.float64)
-        return empty, empty, size
+    float64, and the number L of positions per plane. ``what`` names the statistic in errors."""
+    t, size = _prepared(t, what)
     kernel = _kernel(t)
     if kernel is not None:
         mean, m2 = kernel.plane_moments(t)
     else:
         var, mean = torch.var_mean(t.reshape(*t.shape[:2], -1).double(), dim=-1, correction=0)
         m2 = var * size
-    _check_finite(t, m2, mean)
+    _check_finite(what, t, m2, mean)
     return mean, m2, size
 
 
-def channel_summary(t: Tensor) -> tuple[Tensor, int, int]:
+def channel_summary(t: Tensor, what: str = STATISTICS) -> tuple[Tensor, int, int]:
     """The (5, C) float64 summary of ``t`` (N, C, *positions) over its N inputs — rows
     mean_n μ, Σ_n (μ − mean μ)², mean_n σ, Σ_n (σ − mean σ)², Σ_n M2, with μ, σ, M2 the planes'
-    mean, population std and centred sum of squares — and N and L. Needs N ≥ 1."""
-    t, size = _prepared(t)
-    kernel = _kernel(t) if t.shape[0] else None
+    mean, population std and centred sum of squares — and N and L."""
+    t, size = _prepared(t, what)
+    kernel = _kernel(t)
     if kernel is not None:
         summary, finite = kernel.channel_summary(t)
         if not finite:
-            _check_finite(t, summary)
+            _check_finite(what, t, summary)
         return summary, t.shape[0], size
-    mean, m2, size = plane_moments(t)
-    if mean.shape[0] == 0:
-        raise ValueError("a channel summary needs at least one input; got an empty batch")
+    mean, m2, size = plane_moments(t, what)
     sigma = (m2 / size).sqrt()
     rows = [mean.mean(0), _centred_squares(mean), sigma.mean(0), _centred_squares(sigma)]
     return torch.stack([*rows, m2.sum(0)]), mean.shape[0], size
@@ -93,7 +93,10 @@ def merge_summaries(a: Tensor, count_a: int, b: Tensor, count_b: int) -> Tensor:
     return merged
 
 
-def _prepared(t: Tensor) -> tuple[Tensor, int]:
+def _prepared(t: Tensor, what: str) -> tuple[Tensor, int]:
+    """``t`` checked (real, with values; finiteness is checked on the results), detached, and
+    its number of positions per plane."""
+    check_values(what, t, 0, finite=False)
     _check_rank(t, 2)
     size = t.shape[2:].numel()
     if size == 0 or t.shape[1] == 0:
@@ -117,14 +120,13 @@ def _kernel(t: Tensor) -> ModuleType | None:
     return compiled.kernels("normlab_statistics")
 
 
-def _check_finite(t: Tensor, *results: Tensor) -> None:
+def _check_finite(what: str, t: Tensor, *results: Tensor) -> None:
     if all(bool(torch.isfinite(r).all()) for r in results):
         return
-    bad = int((~torch.isfinite(t)).sum())
-    if bad:
-        raise NonFiniteStatisticsError(f"{bad} of {t.numel()} values are NaN or inf")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise NonFiniteStatisticsError(str(non_finite_values(what, t)))
     raise NonFiniteStatisticsError(
-        f"values up to {float(t.abs().max()):.3g} overflow the float64 statistics"
+        f"{what}: values up to {float(t.abs().max()):.3g} overflow the float64 statistics"
     )
 
 
@@ -142,8 +144,6 @@ class ChannelMoments:
         self._m2: Tensor | None = None
 
     def update(self, t: Tensor) -> ChannelMoments:
-        if t.dim() >= 2 and t.shape[0] == 0:
-            return self
         summary, inputs, size = channel_summary(t)
         n = inputs * size
         mean, m2 = summary[MU], summary[PLANE_M2] + size * summary[MU_M2]

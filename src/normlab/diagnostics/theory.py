@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_device, check_int, check_number
 from ..layers import ActivationStep, ProxyNormAct, get_activation, proxy_moments
 from ..layers.gaussian import trapezoid_nodes
 from .power import PowerDecomposition
@@ -61,6 +62,12 @@ def theorem1_rho(model: nn.Module | Sequence[tuple[str, Tensor, Tensor]]) -> flo
     return gamma2 / (gamma2 + beta2)
 
 
+MAX_DEPTH = 100_000
+"""The deepest net :func:`theorem1_bound` lists (a list of one float per layer)."""
+MAX_THEOREM3_VALUES = 50_000_000
+"""The most input values (samples × channels) :func:`check_theorem3` draws: 400 MB in float64."""
+
+
 def theorem1_bound(rho: float, depth: int) -> list[float]:
     r"""ρ^(l−1) for the layers l = 1, ..., ``depth``.
 
@@ -72,10 +79,8 @@ def theorem1_bound(rho: float, depth: int) -> list[float]:
     the collapsed fraction P1/P is at least 1 − ρ^(l−1). The statement is in the limit of wide
     layers; at finite width, a measured fraction may exceed the bound by sampling noise.
     """
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"ρ = γ²/(γ² + β²) lies in [0, 1], got {rho!r}")
-    if depth < 0:
-        raise ValueError(f"depth must be non-negative, got {depth!r}")
+    rho = check_number("rho (ρ = γ²/(γ² + β²))", rho, 0.0, 1.0)
+    depth = check_int("depth", depth, 0, MAX_DEPTH)
     return [rho ** (layer - 1) for layer in range(1, depth + 1)]
 
 
@@ -112,6 +117,7 @@ def check_theorem1(
     """Compare a power profile of an LN net's normalization steps (layer l = 1, 2, ... in
     profile order, e.g. :func:`~normlab.diagnostics.power_profile` with ``where="norm"``) with
     Theorem 1's bound."""
+    tolerance = check_number("tolerance", tolerance, 0.0)
     if not profile:
         raise ValueError("check_theorem1 needs a non-empty power profile")
     names = [name for name, _ in profile]
@@ -157,6 +163,12 @@ def check_theorem2(
     """Theorem 2 of the PN paper on the power decomposition of an IN output ỹ (without affine):
     μ_{x,c} = 0 and σ_{x,c} = 1 for every input and channel give P1 = P2 = P4 = 0 and P3 = 1
     (P3 = E[σ²/(σ² + ε)] < 1 by IN's ε, hence the tolerance)."""
+    tolerance = check_number("tolerance", tolerance, 0.0)
+    if not isinstance(decomposition, PowerDecomposition):
+        raise TypeError(
+            f"check_theorem2 needs a PowerDecomposition (power_decomposition(y)), got "
+            f"{type(decomposition).__name__}"
+        )
     measured = {k: v for k, v in decomposition.layer_average().items() if k != "p"}
     if not all(math.isfinite(v) for v in measured.values()):
         raise ValueError(f"layer {name!r}: non-finite power decomposition {measured}")
@@ -227,6 +239,18 @@ def check_theorem3(
 ) -> Theorem3Check:
     """Feed channel-wise N(0, 1) inputs to a PN step with random γ ∈ [0.25, 2.5], β ∈ [-1.5, 1.5]
     (β̃ = γ̃ = 0) and measure its output's per-channel mean and variance."""
+    channels = check_int("channels", channels, 1)
+    samples = check_int("samples", samples, 2)
+    seed = check_int("seed", seed, None)
+    if samples * channels > MAX_THEOREM3_VALUES:
+        raise ValueError(
+            f"samples × channels must be at most {MAX_THEOREM3_VALUES:,} (the inputs drawn), got "
+            f"{samples:,} × {channels:,}"
+        )
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    if device is not None:
+        device = check_device(device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     pn = ProxyNormAct(channels, act).to(dtype=dtype, device=device)
     pn.gamma.copy_(torch.empty(channels, dtype=dtype).uniform_(0.25, 2.5, generator=generator))

@@ -69,10 +69,15 @@ def cmd_table(args: argparse.Namespace, console) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace, console) -> int:
-    if args.list or args.name is None:
+    if args.list:
         for name, reproduction in REPRODUCTIONS.items():
             console.print(f"{name:18s} {reproduction.title}", highlight=False)
-        return 0 if args.list else 2
+        return 0
+    if args.name is None:
+        raise ConfigError(
+            f"give the reproduction to run (one of {', '.join(REPRODUCTIONS)}), or --list to "
+            f"list them"
+        )
     get(args.name)  # an unknown name: the closest one suggested
     if not args.data:
         raise ConfigError(

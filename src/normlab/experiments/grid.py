@@ -28,6 +28,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,20 @@ def _mapping(value: object, where: str) -> dict[str, Any]:
 
 def expand(spec: dict[str, Any], out: str | Path | None = None) -> tuple[Path, list[PlannedRun]]:
     """The sweep folder and its runs, validated, for a grid mapping (see the module docstring)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"a grid must be a mapping of sections ({', '.join(GRID_KEYS)}), got "
+            f"{type(spec).__name__}"
+        )
     unknown = set(spec) - set(GRID_KEYS)
     if unknown:
         raise ConfigError(
             f"unknown grid section(s) {sorted(unknown)}; valid sections: {', '.join(GRID_KEYS)}"
         )
-    folder = Path(out or spec.get("out") or "runs/sweep")
+    out = out or spec.get("out") or "runs/sweep"
+    if not isinstance(out, str | PathLike):
+        raise ConfigError(f"out must be a folder path, got {out!r} ({type(out).__name__})")
+    folder = Path(out)
     base = _mapping(spec.get("base"), "base")
     grid = _mapping(spec.get("grid"), "grid")
     for key, values in grid.items():

@@ -10,6 +10,7 @@ regenerates it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -19,12 +20,14 @@ from pathlib import Path
 import torch
 
 from .._checks import unknown
-from ..training.checkpoint import write_text_atomic
+from .._files import check_replaceable_folder, file_group, replaced_folder
 from . import claims as c
 from .grid import expand
 from .reproductions import REPRODUCTIONS, Findings, Reproduction, Scale
 from .sweep import FINAL, job_threads, plan, run_sweep
 from .table import read_runs
+
+FIGURE_SUFFIXES = (".png", ".svg")
 
 
 @dataclass(frozen=True)
@@ -71,25 +74,34 @@ def reproduce(
     if others:
         problems.append(f"ignored {len(others)} folder(s) not in this grid: {', '.join(others)}")
     figures = Path(out) / name
-    figures.mkdir(parents=True, exist_ok=True)
-    findings = reproduction.analyse(rows, figures)
-    verdict = c.overall(findings.claims)
-    text = document(
-        reproduction,
-        findings,
-        verdict,
-        rows,
-        problems,
-        scale or reproduction.scale,
-        sweep_seconds,
-        max_parallel,
-        command or f"normlab reproduce {name} --data {data}",
-        Path(out),
-        data,
-        ran,
-    )
+    owned = [p.name for p in figures.iterdir()] if figures.is_dir() else []
+    check_replaceable_folder(figures, [n for n in owned if n.endswith(FIGURE_SUFFIXES)],
+                             "the figure folder", "set of figures")  # fmt: skip
     path = Path(out) / f"{name}.md"
-    write_text_atomic(path, text)
+    # The document and its figures are one result: the figures are drawn into a fresh folder
+    # swapped in as a whole (no stale figure of an earlier grid left beside them), the document
+    # is staged and renamed right after; an error or an interrupt leaves the old pair.
+    with file_group() as files, replaced_folder(figures) as drawn:
+        findings = reproduction.analyse(rows, drawn)
+        findings = dataclasses.replace(
+            findings, figures=[figures / f.relative_to(drawn) for f in findings.figures]
+        )
+        verdict = c.overall(findings.claims)
+        text = document(
+            reproduction,
+            findings,
+            verdict,
+            rows,
+            problems,
+            scale or reproduction.scale,
+            sweep_seconds,
+            max_parallel,
+            command or f"normlab reproduce {name} --data {data}",
+            Path(out),
+            data,
+            ran,
+        )
+        files.write_text(path, text)
     return Outcome(path, verdict, findings, problems)
 
 

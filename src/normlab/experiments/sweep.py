@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_int
 from ..training.checkpoint import write_text_atomic
 from ..training.config import ConfigError
 from .grid import PlannedRun
@@ -50,8 +51,8 @@ def read_status(folder: Path) -> str:
     summary = folder / "summary.json"
     if summary.exists():
         try:
-            status = json.loads(summary.read_text()).get("status")
-        except (json.JSONDecodeError, AttributeError):
+            status = json.loads(summary.read_text(encoding="utf-8")).get("status")
+        except (ValueError, AttributeError, OSError):  # corrupt, not UTF-8, not a mapping
             status = None
         if status in (*FINAL, "failed"):
             return status
@@ -123,8 +124,10 @@ def run_sweep(
     on_event: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run what is not done yet (see the module docstring); return the sweep's entries."""
-    if max_parallel < 1:
-        raise ConfigError(f"max_parallel must be a positive integer, got {max_parallel!r}")
+    try:
+        max_parallel = check_int("max_parallel", max_parallel, 1)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     states = plan(runs)
     todo = [s for s in states if s.status not in FINAL]
     for state in states:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import write_text_atomic
+from .._checks import is_real
+from .._files import FileGroup, file_group
 from ..training.config import CONFIG_KEYS, ConfigError
 
 METRICS = ("final_test_accuracy", "best_test_accuracy", "mean_train_accuracy", "final_train_loss")
@@ -52,11 +53,13 @@ def read_runs(folder: str | Path) -> Runs:
     runs = Runs()
     for path in sorted(folder.rglob("summary.json")):
         try:
-            summary = json.loads(path.read_text())
+            summary = json.loads(path.read_text(encoding="utf-8"))
             status = summary["status"]
             if status == "finished":
                 config = summary["config"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+                if not isinstance(config, dict):
+                    raise TypeError(f"its config is a {type(config).__name__}, not a mapping")
+        except (ValueError, KeyError, TypeError) as error:  # not JSON, not UTF-8, no mapping
             runs.problems.append(
                 f"{path}: corrupt summary ({type(error).__name__}: {error}), skipped"
             )
@@ -156,6 +159,8 @@ def build_table(
         raise ConfigError(str(unknown("metric", metric, METRICS)))
     if not runs:
         raise ConfigError("no finished run to tabulate")
+    if isinstance(runs, str) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError("build_table needs a list of runs, each a mapping (read_runs(...).rows)")
     notes = []
     others = [
         k for k in CONFIG_KEYS
@@ -173,7 +178,7 @@ def build_table(
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in runs:
         value = r.get(metric)
-        if value is None or not math.isfinite(value):
+        if not is_real(value) or not math.isfinite(value):  # a string, a bool, None, NaN
             notes.append(f"note: {r['run']} has no finite {metric}, left out")
             continue
         groups[(_value(r, rows_key), _value(r, cols_key), str(r.get("regularization")))].append(
@@ -196,7 +201,7 @@ def results_csv(runs: list[dict[str, Any]]) -> str:
     return stream.getvalue()
 
 
-def plot_table(table: Table, path: Path) -> list[Path]:
+def plot_table(table: Table, path: Path, files: FileGroup | None = None) -> list[Path]:
     from ..report.plots import new_figure, save_figure, style
 
     percent = 100.0 if table.metric in PERCENT else 1.0
@@ -219,7 +224,7 @@ def plot_table(table: Table, path: Path) -> list[Path]:
         ax.set_xticks(range(len(table.row_values)), table.row_values, rotation=30)
         ax.set(ylabel=table.metric + (" (%)" if percent == 100.0 else ""), xlabel=table.rows_key)
         ax.legend(fontsize=7)
-        return save_figure(fig, path)
+        return save_figure(fig, path, files=files)
 
 
 def write_table(
@@ -235,9 +240,10 @@ def write_table(
     train = build_table(chosen, rows_key, cols_key, "mean_train_accuracy")
     out = Path(out or folder)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "table.md", table.markdown() + "\n")
-    write_text_atomic(out / "table.csv", table.csv())
-    write_text_atomic(out / "train_table.md", train.markdown() + "\n")
-    write_text_atomic(out / "results.csv", results_csv(runs.rows))
-    plot_table(table, out / "table")
+    with file_group() as files:  # the five files of one table, or the old ones: never a mix
+        files.write_text(out / "table.md", table.markdown() + "\n")
+        files.write_text(out / "table.csv", table.csv())
+        files.write_text(out / "train_table.md", train.markdown() + "\n")
+        files.write_text(out / "results.csv", results_csv(runs.rows))
+        plot_table(table, out / "table", files)
     return table, runs.problems + table.notes

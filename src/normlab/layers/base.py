@@ -12,7 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import channel_view, check_eps, check_input, check_positive_int, reference_tensor
+from .._checks import (
+    channel_view,
+    check_bool,
+    check_eps,
+    check_input,
+    check_positive_int,
+    reference_tensor,
+)
 
 
 def apply_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -54,7 +61,7 @@ class Normalization(nn.Module):
         super().__init__()
         self.num_channels = check_positive_int("num_channels", num_channels)
         self.eps = check_eps(eps)
-        self.affine = bool(affine)
+        self.affine = check_bool("affine", affine)
         if self.affine:
             self.weight = nn.Parameter(torch.ones(num_channels))
             self.bias = nn.Parameter(torch.zeros(num_channels))

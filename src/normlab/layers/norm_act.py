@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
+from .._checks import check_same_device, reference_tensor
 from .act import ActivationStep
 from .base import Normalization
 
@@ -67,6 +68,11 @@ class NormAct(nn.Module):
         return self.norm.num_channels
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):  # checked before the fused path reads x
+            raise TypeError(
+                f"{type(self.norm).__name__} expects a torch.Tensor, got {type(x).__name__}"
+            )
+        check_same_device(type(self.norm).__name__, x, reference_tensor(self.act))
         if not self.fuse or is_observed(self.norm) or is_observed(self.act):
             return self.act(self.norm(x))
         return self.act.after(self.norm, x)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_conv, check_dtype, check_eps, check_number
+from .._checks import check_conv, check_conv_input, check_dtype, check_eps, check_number
 from .activations import Activation
 from .proxy_moments import activation_gain
 
@@ -59,8 +59,7 @@ class WeightSpaceConv2d(nn.Conv2d):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+        check_conv_input(type(self).__name__, x, self)
         check_dtype(type(self).__name__, x, self.weight, mixed_precision=False)
         return self._conv_forward(x, self.effective_weight(), self.bias)
 

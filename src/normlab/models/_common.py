@@ -18,7 +18,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from .._checks import channel_view, check_number, check_positive_int
+from .._checks import channel_view, check_model_input, check_number, check_positive_int
 from ..layers import get_activation
 from ..scheme import Scheme, scheme
 
@@ -175,10 +175,23 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+MAX_WIDTH = 64.0
+"""The largest width multiplier a model takes: 64 times a ResNet-50's channels already needs
+over 10¹¹ parameters; a larger value is a mistyped one (an extra digit, a channel count
+passed as the multiplier)."""
+
+
 def check_width(width: float) -> float:
-    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
-        raise ValueError(f"the width multiplier must be a positive number, got {width!r}")
-    return float(width)
+    """The width multiplier: a finite number in (0, :data:`MAX_WIDTH`]. NaN and inf would fail
+    in a rounding (OverflowError) and a huge value in an allocation of terabytes."""
+    return check_number("width (the width multiplier)", width, 0.0, MAX_WIDTH, low_open=True)
+
+
+def check_images(model: nn.Module, x: object) -> None:
+    """Check the input of ``model`` at its entry (:func:`~normlab._checks.check_model_input`):
+    images (N, C, H, W) with C = ``model.in_channels``, on the model's device and dtype."""
+    reference = next(iter(model.parameters()), None)
+    check_model_input(type(model).__name__, x, model.in_channels, reference)
 
 
 def init_weights(model: nn.Module) -> None:

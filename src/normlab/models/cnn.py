@@ -16,7 +16,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from ..scheme import Scheme
-from ._common import ClassifierHead, Layers, check_width, init_weights, layers, scaled
+from ._common import ClassifierHead, Layers, check_images, check_width, init_weights, layers, scaled
 from .registry import register
 
 LayerSpec = int | tuple[int, int]
@@ -58,6 +58,7 @@ class PlainCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels  # checked at the entry: check_images
         L = layers(norm, act, type(self).__name__)
         width = check_width(width)
         self.config, self.scheme = config, L.scheme
@@ -73,6 +74,7 @@ class PlainCNN(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(self, x)
         return self.head(self.features(x))
 
 

@@ -47,6 +47,7 @@ from ._common import (
     DropPath,
     Layers,
     Nonlinearity,
+    check_images,
     check_width,
     depth_of,
     init_weights,
@@ -222,6 +223,7 @@ class EfficientNet(nn.Module):
         dropout: float | None = None,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels  # checked at the entry: check_images
         L = layers(norm, act, type(self).__name__)
         self.config, self.scheme = config, L.scheme
         multiplier = config.width * check_width(width)
@@ -272,6 +274,7 @@ class EfficientNet(nn.Module):
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
+        check_images(self, x)
         x = self.blocks(self.stem(x))
         return self.norm_act_head(self.conv_head(x))
 

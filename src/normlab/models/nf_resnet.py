@@ -34,6 +34,7 @@ from ._common import (
     ClassifierHead,
     Layers,
     SkipInitGain,
+    check_images,
     check_width,
     init_weights,
     layers,
@@ -173,6 +174,7 @@ class NFResNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels  # checked at the entry: check_images
         alpha = check_number("alpha", alpha, 0.0, low_open=True)
         L = layers(norm, act, type(self).__name__)
         width = check_width(width)
@@ -211,6 +213,7 @@ class NFResNet(nn.Module):
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
+        check_images(self, x)
         x = self.stem(x)
         for index in range(self.num_stages):
             x = getattr(self, f"layer{index + 1}")(x)

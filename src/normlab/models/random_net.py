@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_number, check_positive_int
 from ..scheme import Scheme
-from ._common import ClassifierHead, layers
+from ._common import ClassifierHead, check_images, layers
 from .registry import register
 
 
@@ -44,6 +44,14 @@ def activation_affine(norm_act: nn.Module) -> tuple[Tensor, Tensor] | None:
     ):
         return norm_act.weight, norm_act.bias  # EvoNorm: its affine is the activation's
     return None
+
+
+MAX_DEPTH = 10_000
+"""The deepest random net: each layer is a module, and 10⁸ of them exhaust memory while being
+built (the papers go to a few hundred)."""
+MAX_WIDTH = 8192
+"""The widest random net: a 3×3 conv of 8192 channels already holds 6·10⁸ weights (the PN paper
+used 1024)."""
 
 
 class RandomNet(nn.Module):
@@ -79,7 +87,9 @@ class RandomNet(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        depth, width = check_positive_int("depth", depth), check_positive_int("width", width)
+        self.in_channels = in_channels  # checked at the entry: check_images
+        depth = check_int("depth", depth, 1, MAX_DEPTH)
+        width = check_int("width", width, 1, MAX_WIDTH)
         check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(
@@ -128,6 +138,7 @@ class RandomNet(nn.Module):
                 affine[1].copy_(beta + self.beta_mean)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(self, x)
         x = self.layers(x)
         return x if self.head is None else self.head(x)
 

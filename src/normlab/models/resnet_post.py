@@ -31,6 +31,7 @@ from ._common import (
     ClassifierHead,
     Layers,
     SkipInitGain,
+    check_images,
     check_width,
     init_weights,
     layers,
@@ -129,6 +130,7 @@ class ResNetPost(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels  # checked at the entry: check_images
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, 110), got {depth}")
         if shortcut not in SHORTCUTS:
@@ -164,6 +166,7 @@ class ResNetPost(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(self, x)
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.head(x)
 

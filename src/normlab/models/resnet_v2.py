@@ -30,6 +30,7 @@ from ..scheme import Scheme
 from ._common import (
     ClassifierHead,
     Layers,
+    check_images,
     check_width,
     init_weights,
     layers,
@@ -240,6 +241,7 @@ class ResNetV2(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels  # checked at the entry: check_images
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
         width = check_width(width)
@@ -280,6 +282,7 @@ class ResNetV2(nn.Module):
         return getattr(self, f"layer{index + 1}")
 
     def forward_features(self, x: Tensor) -> Tensor:
+        check_images(self, x)
         x = self.stem(x)
         for index in range(self.num_stages):
             x = self.stage(index)(x)

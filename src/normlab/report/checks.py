@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .._checks import check_number, is_real
+
 Measured = float | int | str | bool | None | Sequence[float]
 
 
@@ -41,22 +43,28 @@ class Check:
     @classmethod
     def at_most(cls, claim: str, measured: float, bound: float) -> Check:
         """measured ≤ bound (a NaN measurement fails)."""
+        bound = check_number("bound", bound)
         return cls(claim, measured, f"≤ {bound:.4g}", _finite(measured) and measured <= bound)
 
     @classmethod
     def at_least(cls, claim: str, measured: float, bound: float) -> Check:
         """measured ≥ bound (a NaN measurement fails)."""
+        bound = check_number("bound", bound)
         return cls(claim, measured, f"≥ {bound:.4g}", _finite(measured) and measured >= bound)
 
     @classmethod
     def close(cls, claim: str, measured: float, expected: float, tolerance: float) -> Check:
         """|measured − expected| ≤ tolerance."""
+        expected = check_number("expected", expected)
+        tolerance = check_number("tolerance", tolerance, 0.0)
         ok = _finite(measured) and abs(measured - expected) <= tolerance
         return cls(claim, measured, f"{expected:.4g} ± {tolerance:.2g}", ok)
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    """Whether ``value`` is a finite real number: an int, a float or a numpy scalar (a numpy
+    float32 is no Python float, and a check of one must not fail for its type), not a bool."""
+    return is_real(value) and math.isfinite(value)
 
 
 def summarize(checks: Sequence[Check]) -> dict[str, object]:

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from matplotlib.figure import Figure
 
+from .._checks import check_str
 from .._files import check_replaceable_folder, copy_file_atomic, replaced_folder, write_text_atomic
 from .checks import Check, summarize
 from .plots import save_figure
@@ -83,10 +84,26 @@ def write_report(
     complete: ``out_dir`` holds this report's files only (no figure of an earlier report stays),
     and a write that fails or is interrupted leaves the earlier report as it was. ``out_dir``
     must be new or hold a report only (see :func:`check_report_folder`)."""
+    check_str("title", title, "Channel collapse")
+    if isinstance(sections, Section) or not isinstance(sections, Sequence):
+        raise TypeError(
+            f"sections must be a sequence of Section objects, got {type(sections).__name__}"
+        )
+    for index, section in enumerate(sections):
+        if not isinstance(section, Section):
+            raise TypeError(
+                f"sections must be Section objects, but sections[{index}] is a "
+                f"{type(section).__name__}"
+            )
+        check_str(f"sections[{index}].title", section.title, "Power decomposition")
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping (a dict), got {type(metrics).__name__}")
     metrics = dict(metrics or {})
     clash = [key for key in RESERVED if key in metrics]
     if clash:
         raise ValueError(f"metrics may not use the reserved keys {clash}; rename them")
+    if isinstance(checks, Check) or not isinstance(checks, Sequence):
+        raise TypeError(f"checks must be a sequence of Check objects, got {type(checks).__name__}")
     for check in checks:
         if not isinstance(check, Check):
             raise TypeError(f"checks must be Check objects, got a {type(check).__name__}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
-from .._files import write_atomic
+from .._files import FileGroup, write_atomic
 from ..diagnostics.fit import linear_fit
 from ..diagnostics.power import PowerDecomposition
 
@@ -86,10 +86,17 @@ def new_figure(
     return fig, axes[:panels]
 
 
-def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+def save_figure(
+    fig: Figure,
+    path: str | Path,
+    formats: Sequence[str] = FORMATS,
+    files: FileGroup | None = None,
+) -> list[Path]:
     """Write ``fig`` as ``path.<format>`` for each format (a suffix of ``path`` is replaced);
     return the written paths. Each file is written to a temporary name beside it and renamed,
-    so that an interrupted save leaves no truncated figure."""
+    so that an interrupted save leaves no truncated figure; with ``files`` (a
+    :func:`~normlab._files.file_group`) they are staged in it, renamed with the group's other
+    files."""
     base = Path(path)
     if base.suffix.lstrip(".") in FORMATS:
         base = base.with_suffix("")
@@ -100,7 +107,8 @@ def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = FORMATS)
             if fmt not in FORMATS:
                 raise ValueError(f"unknown figure format {fmt!r}; valid formats: {FORMATS}")
             target = base.with_name(f"{base.name}.{fmt}")
-            write_atomic(target, lambda stream, fmt=fmt: fig.savefig(stream, format=fmt))
+            save = write_atomic if files is None else files.write
+            save(target, lambda stream, fmt=fmt: fig.savefig(stream, format=fmt))
             written.append(target)
     return written
 

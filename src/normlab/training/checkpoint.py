@@ -22,7 +22,19 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    write_atomic(path, lambda stream: torch.save(state, stream))
+    write_atomic(path, lambda stream: _save(state, stream))
+
+
+def _save(state: dict[str, Any], stream) -> None:
+    """torch.save, raising the file's own error: when a write fails (a full disk), torch's zip
+    writer fails again while closing ("unexpected pos 64 vs 0"), a RuntimeError that would hide
+    the OSError and read as a bug."""
+    try:
+        torch.save(state, stream)
+    except RuntimeError as error:
+        if isinstance(error.__context__, OSError):
+            raise error.__context__ from None
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .._argtypes import (
     positive_float,
     positive_int,
 )
+from ..models._common import MAX_WIDTH
 from .config import TrainConfig, from_dict, load_yaml
 
 HELP = {
@@ -73,7 +74,7 @@ HELP = {
 HIDDEN = ("extra",)
 # The valid range of every numeric flag (the same as TrainConfig.validate's), checked when parsed.
 FLAG_TYPES = {
-    "width": positive_float,
+    "width": number(low=0.0, high=MAX_WIDTH, low_open=True),
     "epochs": positive_int,
     "batch_size": positive_int,
     "norm_batch_size": positive_int,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import closest, unknown
+from ..models._common import MAX_WIDTH
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
@@ -113,7 +114,25 @@ class TrainConfig:
     # -- validation ----------------------------------------------------------------------------
 
     def validate(self) -> TrainConfig:
-        """Check every setting; raise :class:`ConfigError` naming the first bad one."""
+        """Check every setting; raise :class:`ConfigError` naming the first bad one.
+
+        Names are checked too (model, norm, act, data, device: their spelling and form, not
+        that the data's files exist or the device is present, which a cluster's node may differ
+        in), so that a grid with a mistyped name fails before any run starts."""
+        _names(self)
+        for name in BOOL_KEYS:
+            if not isinstance(getattr(self, name), bool):
+                value = getattr(self, name)
+                raise ConfigError(
+                    f"{name} must be true or false, got {value!r} ({type(value).__name__})"
+                )
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a mapping, got {type(self.extra).__name__}")
+        if isinstance(self.milestones, str) or not isinstance(self.milestones, tuple | list):
+            raise ConfigError(
+                f"milestones must be a list of fractions of the epochs in (0, 1), got "
+                f"{self.milestones!r}"
+            )
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("regularization", self.regularization, REGULARIZATIONS)
@@ -124,7 +143,7 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         for name in ("workers", "diagnostics_every", "seed"):
             _non_negative_int(name, getattr(self, name))
-        _number("width", self.width, low=0.0, low_open=True)
+        _number("width", self.width, low=0.0, high=MAX_WIDTH, low_open=True)
         if self.lr is not None:
             _number("lr", self.lr, low=0.0, low_open=True)
         _number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
@@ -141,7 +160,10 @@ class TrainConfig:
             _number("ema", self.ema, low=0.0, high=1.0, low_open=True, high_open=True)
         if self.agc is not None:
             _number("agc", self.agc, low=0.0, low_open=True)
-        if not all(isinstance(m, int | float) and 0 < m < 1 for m in self.milestones):
+        if not all(
+            isinstance(m, int | float) and not isinstance(m, bool) and 0 < m < 1
+            for m in self.milestones
+        ):
             raise ConfigError(
                 f"milestones must be fractions of the epochs in (0, 1), got "
                 f"{list(self.milestones)!r}"
@@ -156,6 +178,57 @@ class TrainConfig:
                 f"size {self.batch_size}: BatchNorm's normalization batches would be uneven"
             )
         return self
+
+
+BOOL_KEYS = (
+    "nesterov", "amp", "compile", "channels_last", "sync_bn", "resume", "tensorboard", "progress",
+)  # fmt: skip
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _names(config: TrainConfig) -> None:
+    """The names of a config: strings of a known model, scheme, activation, data spec form and
+    device type, each refused with the library's own error (which lists the choices)."""
+    from .._checks import check_str
+    from ..data import parse_spec
+    from ..layers import get_activation
+    from ..models import info
+    from ..scheme import scheme
+
+    examples = {"model": "resnet20", "norm": "gn8+pn", "act": "relu", "data": "gaussian"}
+    examples |= {"device": "cpu", "out": "runs/run"}
+    for name, example in examples.items():
+        try:
+            check_str(name, getattr(config, name), example)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    try:
+        if not config.model.startswith("timm:"):
+            info(config.model)
+        get_activation(config.act)
+        scheme(config.norm, config.act)
+        parse_spec(config.data)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        device = torch_device(config.device)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is not None and device.type == "meta":
+        raise ConfigError(
+            "device 'meta' cannot train: meta tensors hold no values; valid choices: 'cpu', "
+            "'cuda', 'cuda:K', 'mps'"
+        )
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(
+            f"unknown device {config.device!r}; valid choices: 'cpu', 'cuda', 'cuda:K', 'mps'"
+        )
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -212,9 +285,12 @@ def check_keys(values: dict[str, Any], where: str) -> None:
 
 def from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """``base`` (default: the defaults) with ``values`` set; unknown keys suggest the closest."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of config keys, got {type(values).__name__}")
     check_keys(values, "config")
-    if "milestones" in values and values["milestones"] is not None:
-        values = {**values, "milestones": tuple(values["milestones"])}
+    milestones = values.get("milestones")
+    if isinstance(milestones, list | tuple):
+        values = {**values, "milestones": tuple(milestones)}
     return dataclasses.replace(base or TrainConfig(), **values)
 
 
@@ -224,9 +300,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path} is not a YAML text file: byte {error.start} is not UTF-8 ({error.reason})"
+        ) from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .._checks import check_device
 from ..layers import BatchNorm, SyncBatchNorm
 from ..layers.batch_norm import BatchDependentNorm
 
@@ -152,7 +153,7 @@ def _resolve_device(device: str | torch.device | None, local_rank: int, several:
             raise ValueError(
                 f"distributed training runs on 'cpu' (gloo) or 'cuda' (nccl), got device {device!r}"
             )
-        return resolved
+        return check_device(device)  # mps where available; never meta
     if not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} requested but CUDA is not available "

@@ -272,6 +272,7 @@ class Run:
         out, config = self.out, self.config
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
+        self.made_folders = [f for f in (out, *out.parents) if not f.exists()]  # deepest first
         try:
             out.mkdir(parents=True, exist_ok=True)
             ckpt.write_text_atomic(out / ".write-test", "")
@@ -284,6 +285,14 @@ class Run:
                 f"choose another --out"
             )
         ckpt.remove_stale_temporaries(out)
+
+    def remove_made_folders(self) -> None:
+        """Remove the folders :meth:`_prepare_folder` created, where they are still empty."""
+        for folder in getattr(self, "made_folders", []):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): it holds something else now
+                break
 
     def _on_main(self, work):
         """``work()`` on rank 0, its result (or its error, raised on every rank) sent to all."""
@@ -606,7 +615,11 @@ def train(config: TrainConfig, model: nn.Module | None = None) -> dict[str, Any]
     info = distributed.setup(config.device)
     try:
         run = Run(config, info, model)
-        run.prepare()
+        try:
+            run.prepare()
+        except BaseException:  # a run refused before it started leaves no empty --out behind
+            run.remove_made_folders()
+            raise
         return run.fit()
     finally:
         distributed.cleanup(info)
