@@ -52,6 +52,7 @@ class Activation:
     moment_rule: gaussian.MomentRule | None = None
     quadrature_nodes: int = 128
     quadrature_half_width: float = 10.0
+    split: gaussian.Split | None = None
     threshold_form: bool = False
 
     def derivative(self, u: Tensor) -> Tensor:
@@ -62,8 +63,8 @@ class Activation:
         """E[φ(U)] and Var[φ(U)] for U ~ N(μ, s²), exactly (closed form or quadrature)."""
         if self.closed_form is not None:
             return self.closed_form(mu, s)
-        return gaussian.quadrature_moments(
-            self.fn, mu, s, self.quadrature_nodes, self.quadrature_half_width
+        return gaussian.smooth_moments(
+            self.fn, mu, s, self.quadrature_nodes, self.quadrature_half_width, self.split
         )
 
 
@@ -172,10 +173,26 @@ register_activation(
     )
 )
 register_activation(
-    Activation("gelu", F.gelu, _gelu_backward, "u·Φ(u), the exact (erf) form", quadrature_nodes=128)
+    Activation(
+        "gelu",
+        F.gelu,
+        _gelu_backward,
+        "u·Φ(u), the exact (erf) form",
+        quadrature_nodes=56,
+        quadrature_half_width=8.0,
+        split=gaussian.GELU_SPLIT,
+    )
 )
 register_activation(
-    Activation("silu", F.silu, _silu_backward, "u·sigmoid(u)", quadrature_nodes=128),
+    Activation(
+        "silu",
+        F.silu,
+        _silu_backward,
+        "u·sigmoid(u)",
+        quadrature_nodes=56,
+        quadrature_half_width=8.0,
+        split=gaussian.SILU_SPLIT,
+    ),
     aliases=("swish",),
 )
 register_activation(
@@ -185,12 +202,22 @@ register_activation(
         _tanh_backward,
         "tanh(u)",
         saves_output=True,
-        quadrature_nodes=224,
-        quadrature_half_width=11.0,
+        quadrature_nodes=88,
+        quadrature_half_width=8.0,
+        split=gaussian.TANH_SPLIT,
     )
 )
 register_activation(
-    Activation("sigmoid", torch.sigmoid, _sigmoid_backward, "1/(1+e^-u)", saves_output=True)
+    Activation(
+        "sigmoid",
+        torch.sigmoid,
+        _sigmoid_backward,
+        "1/(1+e^-u)",
+        saves_output=True,
+        quadrature_nodes=56,
+        quadrature_half_width=8.0,
+        split=gaussian.SIGMOID_SPLIT,
+    )
 )
 register_activation(
     Activation(
@@ -202,7 +229,17 @@ register_activation(
         closed_form=gaussian.elu_moments,
     )
 )
-register_activation(Activation("softplus", F.softplus, _softplus_backward, "log(1 + e^u)"))
+register_activation(
+    Activation(
+        "softplus",
+        F.softplus,
+        _softplus_backward,
+        "log(1 + e^u)",
+        quadrature_nodes=56,
+        quadrature_half_width=8.0,
+        split=gaussian.SOFTPLUS_SPLIT,
+    )
+)
 register_activation(
     Activation(
         "identity",

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,12 +36,20 @@ def _pdf(t: Tensor) -> Tensor:
 
 
 def _standardize(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """|s| kept away from zero, and t = μ/|s|."""
-    s = s.abs().clamp_min(torch.finfo(s.dtype).tiny)
+    """|s| kept away from zero, and t = μ/|s|.
+
+    The floor is tiny^(1/3) (1e-103 in float64), not tiny: autograd's ∂t/∂s = -μ/s² must stay
+    finite (0·inf would make a NaN gradient) for any |μ| up to 1e102. Below it every moment is
+    that of the point mass at μ to within 1e-103·|φ'|."""
+    s = s.abs().clamp_min(torch.finfo(s.dtype).tiny ** (1.0 / 3.0))
     return s, mu / s
 
 
+_T_MAX = 40.0  # Φ(±40) is 0 or 1 and ϕ(40) = 0 in float64: |t| beyond changes nothing
+
+
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
 
 
 @dataclass(frozen=True)
@@ -147,20 +156,73 @@ def identity_moments(mu: Tensor, s: Tensor) -> Moments:
     return mu, s * s
 
 
-def elu_moments(mu: Tensor, s: Tensor) -> Moments:
+def _partial_lognormal(k: float, mu: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    """m_k = E[e^{kU}; U ≤ 0] = exp(kμ + k²s²/2)·Φ(-a), a = t + ks, without overflow.
+
+    For a ≥ 0, Φ(-a) = erfcx(a/√2)·e^{-a²/2}/2 and the exponents cancel to exactly -t²/2
+    (kμ = kst): m_k = e^{-t²/2}·erfcx(a/√2)/2, every factor at most 1. For a < 0,
+    kμ + k²s²/2 = ks·a - k²s²/2 < 0 and Φ(-a) ∈ [1/2, 1]: the direct form. Each form is evaluated
+    at inputs clamped to its own side, so that neither overflows where the other is selected."""
+    a = t + k * s
+    upper = torch.exp(-0.5 * t * t) * torch.special.erfcx(a.clamp_min(0.0) * _INV_SQRT_2) * 0.5
+    exponent = (k * mu + 0.5 * k * k * s * s).clamp_max(0.0)
+    lower = torch.exp(exponent) * torch.special.ndtr(-a.clamp_max(0.0))
+    return torch.where(a >= 0, upper, lower)
+
+
+def _elu_forward(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """E and Var of elu(U) (α = 1): U on U > 0, e^U - 1 on U ≤ 0.
 
-    With the lognormal partial moments E[e^{kU}; U ≤ 0] = exp(kμ + k²s²/2) Φ(-t - ks),
-    evaluated in log space (log Φ) so that large s does not overflow.
+    elu = relu + g with g(u) = e^{min(u, 0)} - 1 ≤ 0, and relu·g = 0 everywhere, so that
+    Cov(relu, g) = -E[relu]·E[g] ≥ 0 and
+
+        Var = Var[relu] + Var[g] - 2·E[relu]·E[g],
+
+    a sum of non-negative terms: no cancellation however large μ is against s (the form
+    E[elu²] - E² loses every digit of s² at μ ≫ s). With p = Φ(t), q = Φ(-t), relu's moments
+    as in :func:`_relu_forward` and the partial lognormal moments m_k = E[e^{kU}; U ≤ 0]
+    (:func:`_partial_lognormal`),
+
+        E[g] = m₁ - q,   Var[g] = (m₂ - m₁²) + p·(q - 2m₁).
     """
-    s, t = _standardize(mu, s)
-    cdf, upper, pdf = torch.special.ndtr(t), torch.special.ndtr(-t), _pdf(t)
-    e1 = torch.exp(mu + 0.5 * s * s + torch.special.log_ndtr(-t - s))
-    e2 = torch.exp(2.0 * mu + 2.0 * s * s + torch.special.log_ndtr(-t - 2.0 * s))
-    mean_pos = mu * cdf + s * pdf
-    mean = mean_pos + e1 - upper
-    second = (mu * mu + s * s) * cdf + mu * s * pdf + e2 - 2.0 * e1 + upper
-    return mean, (second - mean * mean).clamp_min(0.0)
+    t = torch.div(mu, s).clamp(-_T_MAX, _T_MAX)
+    z = t * constant(_INV_SQRT_2, mu)
+    half = constant(0.5, mu)
+    p, q = torch.special.erfc(-z) * half, torch.special.erfc(z) * half
+    s_pdf = s * torch.exp(-z.square()) * constant(_INV_SQRT_2PI, mu)
+    mean_relu = torch.addcmul(s_pdf, mu, p)
+    var_relu = ((mu * q - s_pdf) * mean_relu).addcmul(s * s, p)
+    m1, m2 = _partial_lognormal(1.0, mu, s, t), _partial_lognormal(2.0, mu, s, t)
+    mean_g = m1 - q
+    var_g = (m2 - m1 * m1).addcmul(p, q - 2.0 * m1).clamp_min(0.0)
+    mean = mean_relu + mean_g
+    var = (var_relu + var_g).addcmul(mean_relu, mean_g, value=-2.0).clamp_min(0.0)
+    return mean, var, (s, p, m1, m2, mean, mean_relu)
+
+
+def _elu_vjp(saved: tuple[Tensor, ...], grad_mean: Tensor, grad_var: Tensor):
+    """With f = elu, E[h(U)]' in μ is E[h'], in s is s·E[h''] (Stein; f' and (f²)' are
+    continuous), f'' = e^u·1[u < 0] and ff' = relu(u) + (e^u - 1)e^u·1[u < 0]:
+
+        ∂E/∂μ = p + m₁,   ∂E/∂s = s·m₁,
+        ∂Var/∂μ = 2(E[relu] + m₂ - m₁ - E·(p + m₁)),   ∂Var/∂s = 2s(p + 2m₂ - m₁ - E·m₁).
+    """
+    s, p, m1, m2, mean, mean_relu = saved
+    slope = p + m1
+    var_mu = (mean_relu + m2 - m1).addcmul(mean, slope, value=-1.0)
+    var_s = (p + 2.0 * m2 - m1).addcmul(mean, m1, value=-1.0) * s
+    grad_mu = torch.addcmul(grad_mean * slope, grad_var, var_mu, value=2.0)
+    grad_s = torch.addcmul(grad_mean * s * m1, grad_var, var_s, value=2.0)
+    return grad_mu, grad_s
+
+
+ELU_RULE = MomentRule(_elu_forward, _elu_vjp)
+
+
+def elu_moments(mu: Tensor, s: Tensor) -> Moments:
+    """E and Var of elu(U), U ~ N(μ, s²), in closed form (:func:`_elu_forward`)."""
+    s, _ = _standardize(mu, s)
+    return closed_form_moments(mu, s, ELU_RULE)
 
 
 _nodes_cache: dict[tuple[int, float, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
@@ -198,3 +260,168 @@ def quadrature_moments(
     mean = values @ w
     var = (values - mean.unsqueeze(-1)).square() @ w
     return mean, var
+
+
+# -- smooth φ at any scale: the trapezoid for small |s|, a split φ = P + r for large |s| --------
+
+SPLIT_SCALE = 2.0
+"""|s| above which :func:`smooth_moments` switches from the trapezoid in z to the split."""
+
+
+def _sign_residual(u: Tensor) -> Tensor:
+    """tanh(u) - sign(u) = -sign(u)·2/(e^{2|u|} + 1)."""
+    return -u.sign() * 2.0 / (torch.exp(2.0 * u.abs()) + 1.0)
+
+
+def _step_residual(u: Tensor) -> Tensor:
+    """sigmoid(u) - H(u) = -sign(u)·sigmoid(-|u|)."""
+    return -u.sign() * torch.sigmoid(-u.abs())
+
+
+def _silu_residual(u: Tensor) -> Tensor:
+    """u·sigmoid(u) - relu(u) = -|u|·sigmoid(-|u|)."""
+    return -u.abs() * torch.sigmoid(-u.abs())
+
+
+def _gelu_residual(u: Tensor) -> Tensor:
+    """u·Φ(u) - relu(u) = -|u|·Φ(-|u|)."""
+    return -u.abs() * torch.special.ndtr(-u.abs())
+
+
+def _softplus_residual(u: Tensor) -> Tensor:
+    """log(1 + e^u) - relu(u) = log1p(e^{-|u|})."""
+    return torch.log1p(torch.exp(-u.abs()))
+
+
+@dataclass(frozen=True)
+class Split:
+    """φ = P + r: a base P with closed-form Gaussian moments and a residual r localised at 0.
+
+    Attributes:
+        base: "relu" (P = max(u, 0)), "sign" (P = sign u) or "step" (P = 1[u > 0]).
+        residual: r = φ - P, elementwise on float64 tensors; it is only evaluated once, at the
+            quadrature nodes, and cached.
+        support: R with |r(u)| <= 1e-17 for |u| >= R: the nodes cover [-R, R].
+        breaks: panel ends on [0, R] (mirrored on [-R, 0]), each panel carrying ``order``
+            Gauss–Legendre nodes; r is analytic on each side of 0, so each panel converges
+            geometrically.
+        order: Gauss–Legendre nodes per panel.
+    """
+
+    base: str
+    residual: Callable[[Tensor], Tensor]
+    breaks: tuple[float, ...]
+    order: int = 10
+
+    @property
+    def support(self) -> float:
+        return self.breaks[-1]
+
+
+TANH_SPLIT = Split("sign", _sign_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 20.0))
+SIGMOID_SPLIT = Split("step", _step_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 40.0))
+SILU_SPLIT = Split("relu", _silu_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 44.0))
+GELU_SPLIT = Split("relu", _gelu_residual, (0.0, 1.5, 3.5, 6.0, 9.5))
+SOFTPLUS_SPLIT = Split("relu", _softplus_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 40.0))
+
+_split_cache: dict[tuple[Split, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+
+def split_nodes(split: Split, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Nodes u_k on [-R, R] and the table w_k·(r_k·1[u_k > 0], r_k·1[u_k < 0], r_k², r_k·u_k⁺)
+    (4 × K), w_k the Gauss–Legendre weights: what :func:`split_moments` contracts with the
+    Gaussian density at the nodes."""
+    return cached(_split_cache, (split, dtype, device), lambda: _split_nodes(split, dtype, device))
+
+
+def _split_nodes(split: Split, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    x, w = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(split.order))
+    ends = torch.tensor(split.breaks, dtype=torch.float64)
+    half, mid = (ends[1:] - ends[:-1]) / 2, (ends[1:] + ends[:-1]) / 2
+    u_pos = (mid.unsqueeze(-1) + half.unsqueeze(-1) * x).flatten()
+    w_pos = (half.unsqueeze(-1) * w).flatten()
+    u, weights = torch.cat([-u_pos.flip(0), u_pos]), torch.cat([w_pos.flip(0), w_pos])
+    r = split.residual(u)
+    positive = (u > 0).to(torch.float64)
+    table = torch.stack([r * positive, r * (1 - positive), r * r, r * u.clamp_min(0.0)], dim=-1)
+    table = (table * weights.unsqueeze(-1)).T.contiguous()
+    return u.to(dtype=dtype, device=device), table.to(dtype=dtype, device=device)
+
+
+def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
+    """E and Var of φ(U), U ~ N(μ, s²), s > 0, from the split φ = P + r (:class:`Split`):
+
+        E[φ] = E[P] + E[r],   Var[φ] = Var[P] + 2·Cov(P, r) + Var[r],
+
+    with E[P], Var[P] in closed form, E[r] = Σ_k w_k r_k N(u_k; μ, s²) over the nodes of
+    [-R, R], Var[r] = E[r²] - E[r]² (r = 0 outside [-R, R], so that the mass outside counts
+    as it should), and Cov(P, r) = E[(P - E[P])·r] summed with P - E[P] known on each side of 0
+    (no E[P·r] - E[P]·E[r] cancellation):
+
+        relu:  Cov = Σ w r u⁺ N - E[P]·E[r]
+        sign:  Cov = 2·(Q·E[r; u > 0] - Φ·E[r; u < 0])   (P - E[P] = 2Q above 0, -2Φ below)
+        step:  Cov = Q·E[r; u > 0] - Φ·E[r; u < 0]
+
+    with Φ = Φ(μ/s), Q = 1 - Φ (computed as Φ(-μ/s)). Accurate for s >= :data:`SPLIT_SCALE`,
+    where the density varies slowly on the panels; z = (u_k - μ)/s is clamped to ±40 (the
+    density is 0 beyond in float64), so that no μ overflows or makes a NaN gradient."""
+    u, table = split_nodes(split, mu.dtype, mu.device)
+    # density ∝ exp(-y²), y = (u - μ)/(s√2); |μ|/s clamped where exp(-y²) is 0 at every node
+    scale = constant(_INV_SQRT_2, s) / s
+    shift = (mu * scale).clamp(-1e6, 1e6)
+    y = torch.addcmul(shift.unsqueeze(-1), scale.unsqueeze(-1), u, value=-1.0)
+    density = y.square().neg_().exp_()
+    flat = density.reshape(-1, u.shape[0])
+    sums = (table @ flat.T) * (scale * constant(_INV_SQRT_PI, s)).reshape(1, -1)
+    r_pos, r_neg, r_square, r_u = (row.reshape(mu.shape) for row in sums.unbind(0))
+    mean_r = r_pos + r_neg
+    t = (mu / s).clamp(-_T_MAX, _T_MAX)
+    cdf, upper = torch.special.ndtr(t), torch.special.ndtr(-t)
+    if split.base == "relu":
+        mean_p, var_p, _ = _relu_forward(mu, s)
+        cov = r_u - mean_p * mean_r
+    elif split.base == "sign":
+        mean_p, var_p = cdf - upper, 4.0 * cdf * upper
+        cov = 2.0 * (upper * r_pos - cdf * r_neg)
+    else:
+        mean_p, var_p = cdf, cdf * upper
+        cov = upper * r_pos - cdf * r_neg
+    var = var_p + 2.0 * cov + (r_square - mean_r * mean_r)
+    return mean_p + mean_r, var.clamp_min(0.0)
+
+
+def _all_near(s: Tensor) -> bool:
+    """Whether every |s| is known to be at most :data:`SPLIT_SCALE`: read back in eager mode on
+    a CPU only (free there); False on accelerators and while tracing, and where some s is NaN."""
+    if tracing() or s.device.type != "cpu":
+        return False
+    return s.numel() == 0 or float(s.detach().max()) <= SPLIT_SCALE
+
+
+def smooth_moments(
+    fn: Callable[[Tensor], Tensor],
+    mu: Tensor,
+    s: Tensor,
+    nodes: int,
+    half_width: float,
+    split: Split | None,
+) -> Moments:
+    """E and Var of a smooth φ(U), U ~ N(μ, s²), for any finite μ and s.
+
+    |s| <= :data:`SPLIT_SCALE`: the trapezoid in z (:func:`quadrature_moments`), geometrically
+    convergent for φ analytic in a strip; beyond, the split (:func:`split_moments`), where the
+    trapezoid would need nodes in proportion to |s|. Both branches run on inputs clamped to
+    their own range and torch.where picks, so that neither makes an inf or NaN (nor a NaN
+    gradient) where the other is selected. Eager on a CPU, the split runs only when some |s|
+    needs it (reading |s| back costs nothing there); on an accelerator (no host sync) and while
+    tracing (no data-dependent branch), both always run. φ without a split: the trapezoid alone.
+    """
+    s = s.abs()
+    if mu.shape != s.shape:
+        mu, s = torch.broadcast_tensors(mu, s)
+    if split is None or _all_near(s):
+        return quadrature_moments(fn, mu, s, nodes, half_width)
+    near = s <= SPLIT_SCALE
+    mean_q, var_q = quadrature_moments(fn, mu, s.clamp_max(SPLIT_SCALE), nodes, half_width)
+    mean_s, var_s = split_moments(split, mu, s.clamp_min(SPLIT_SCALE))
+    return torch.where(near, mean_q, mean_s), torch.where(near, var_q, var_s)
