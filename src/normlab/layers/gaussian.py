@@ -3,28 +3,40 @@ r"""Moments of an activation of a Gaussian: E[φ(U)] and Var[φ(U)] for U ~ N(μ
 These are the proxy moments of Proxy Normalization (Labatie et al. 2021, Eq. 7) once the
 proxy's affine transform is folded in: with Y ~ N(β̃, (1+γ̃)²), γ·Y + β ~ N(μ, s²) with
 μ = γβ̃ + β and s = γ(1+γ̃). Everything here is a function of (μ, s), elementwise and
-differentiable.
+differentiable, and exact for every finite (μ, s):
 
 * Piecewise-linear φ (relu, leaky relu, identity) and elu have closed forms, written with the
-  standard normal pdf ϕ and cdf Φ at t = μ/|s| so that no term overflows as s → 0.
-* Smooth φ without a closed form use the trapezoidal rule in z = (u - μ)/s on [-L, L]. For φ
-  analytic in a strip |Im u| < d (tanh, sigmoid, silu, softplus, gelu) the rule converges
-  geometrically, with error ~ exp(-2π d / (|s| h)) for node spacing h, far faster than
-  Gauss–Hermite, whose nodes spread to ±sqrt(2K). The variance is summed around the mean
+  standard normal pdf ϕ and cdf Φ at t = μ/|s| so that no term overflows as s → 0, and with
+  variances that are sums of non-negative terms (no E[φ²] - E² cancellation at |μ| ≫ s).
+* Smooth φ (tanh, sigmoid, silu, softplus, gelu) use, for |s| <= :data:`SPLIT_SCALE` = 2, the
+  trapezoidal rule in z = (u - μ)/s on [-L, L]. For φ analytic in a strip |Im u| < d the rule
+  converges geometrically, with error ~ exp(-2π d / (|s| h)) for node spacing h, far faster
+  than Gauss–Hermite, whose nodes spread to ±sqrt(2K). The variance is summed around the mean
   (two passes), never as E[φ²] - E[φ]², so it stays accurate when it is small.
+* For |s| > 2 the trapezoid would need nodes in proportion to |s| (φ's curvature, of width ~1
+  in u, shrinks to ~1/|s| in z). There φ is split into a base P with closed-form moments
+  (sign for tanh, the unit step for sigmoid, relu for silu, softplus and gelu) and a residual
+  r = φ - P that decays like e^{-|u|} or faster and is smooth on each side of 0
+  (:class:`Split`). The moments of r and Cov(P, r) are Gauss–Legendre sums in u over fixed
+  panels of [-R, R], r tabulated once at the nodes, weighted by the density N(u; μ, s²)
+  (:func:`split_moments`). One exp per node and channel: cheaper than the trapezoid itself.
+
+Checked against 32-digit adaptive integration (mpmath) over |μ| <= 3e4, |s| <= 2e4 (see
+``tests/layers/test_proxy_moments_range.py``): E and Var within 1e-6·|exact| + 1e-9 in float64,
+typically 1e-11 relative.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import cached, first_order_only, tracing
+from .._checks import cached, first_order_only, tracing, unknown
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -306,12 +318,25 @@ class Split:
             Gauss–Legendre nodes; r is analytic on each side of 0, so each panel converges
             geometrically.
         order: Gauss–Legendre nodes per panel.
+        nodes, weights: the Gauss–Legendre nodes u_k > 0 of the panels and their weights, as
+            floats, made on construction (by numpy, which tracers cannot run).
     """
 
     base: str
     residual: Callable[[Tensor], Tensor]
     breaks: tuple[float, ...]
     order: int = 10
+    nodes: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    weights: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.base not in ("relu", "sign", "step"):
+            raise unknown("split base", self.base, ("relu", "sign", "step"))
+        x, w = np.polynomial.legendre.leggauss(self.order)
+        ends = np.asarray(self.breaks, dtype=np.float64)
+        half, mid = (ends[1:] - ends[:-1])[:, None] / 2, (ends[1:] + ends[:-1])[:, None] / 2
+        object.__setattr__(self, "nodes", tuple((mid + half * x).ravel().tolist()))
+        object.__setattr__(self, "weights", tuple((half * w).ravel().tolist()))
 
     @property
     def support(self) -> float:
@@ -335,11 +360,8 @@ def split_nodes(split: Split, dtype: torch.dtype, device: torch.device) -> tuple
 
 
 def _split_nodes(split: Split, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    x, w = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(split.order))
-    ends = torch.tensor(split.breaks, dtype=torch.float64)
-    half, mid = (ends[1:] - ends[:-1]) / 2, (ends[1:] + ends[:-1]) / 2
-    u_pos = (mid.unsqueeze(-1) + half.unsqueeze(-1) * x).flatten()
-    w_pos = (half.unsqueeze(-1) * w).flatten()
+    u_pos = torch.tensor(split.nodes, dtype=torch.float64)
+    w_pos = torch.tensor(split.weights, dtype=torch.float64)
     u, weights = torch.cat([-u_pos.flip(0), u_pos]), torch.cat([w_pos.flip(0), w_pos])
     r = split.residual(u)
     positive = (u > 0).to(torch.float64)
@@ -362,9 +384,10 @@ def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
         sign:  Cov = 2·(Q·E[r; u > 0] - Φ·E[r; u < 0])   (P - E[P] = 2Q above 0, -2Φ below)
         step:  Cov = Q·E[r; u > 0] - Φ·E[r; u < 0]
 
-    with Φ = Φ(μ/s), Q = 1 - Φ (computed as Φ(-μ/s)). Accurate for s >= :data:`SPLIT_SCALE`,
-    where the density varies slowly on the panels; z = (u_k - μ)/s is clamped to ±40 (the
-    density is 0 beyond in float64), so that no μ overflows or makes a NaN gradient."""
+    with Φ = Φ(μ/s), Q = 1 - Φ (computed as Φ(-μ/s)). Accurate for s >= :data:`SPLIT_SCALE`
+    (μ and s of one shape), where the density varies slowly on the panels; μ/s is clamped to
+    ±1e6·√2, where the density is 0 at every node anyway, so that no μ overflows or makes a NaN
+    gradient."""
     u, table = split_nodes(split, mu.dtype, mu.device)
     # density ∝ exp(-y²), y = (u - μ)/(s√2); |μ|/s clamped where exp(-y²) is 0 at every node
     scale = constant(_INV_SQRT_2, s) / s

@@ -2,8 +2,10 @@ r"""Proxy moments of Proxy Normalization (Labatie et al. 2021, Eq. 7) and activa
 
 For a channel with activation step φ(γ·y + β), PN's proxy is Y ~ N(β̃, (1+γ̃)²) and the proxy
 moments are E[φ(γY + β)] and Var[φ(γY + β)]. normlab computes them exactly ("exact": closed forms
-or quadrature, see :mod:`normlab.layers.gaussian`). The reference implementation's estimator
-("reference": K midpoint quantiles of N(0, 1), biased variance) is offered to compare with.
+or quadrature, see :mod:`normlab.layers.gaussian`), in float64, to 1e-6·|exact| + 1e-9 for every
+built-in φ over |γ| <= 1e4, |β| <= 1e4, |β̃| <= 2, 1 + γ̃ in [0.25, 2] (and, as far as tested,
+beyond). The reference implementation's estimator ("reference": K midpoint quantiles of N(0, 1),
+biased variance) is offered to compare with.
 """
 
 from __future__ import annotations
