@@ -300,6 +300,19 @@ def test_reference_with_two_points():
     assert float(var) == pytest.approx(float(q) ** 2, rel=1e-14)
 
 
+@pytest.mark.parametrize("act", ["relu", "identity", "tanh"])
+def test_arguments_broadcast_to_every_shape(act):
+    """The proxy std (or any argument) may carry more dims than the others."""
+    gamma, beta = torch.tensor([1.0, 30.0, 0.5], dtype=DOUBLE), torch.zeros(3, dtype=DOUBLE)
+    proxy_std = torch.tensor([[1.0], [2.0]], dtype=DOUBLE)
+    mean, var = normlab.proxy_moments(act, gamma, beta, 0.1, proxy_std)
+    assert mean.shape == var.shape == (2, 3)
+    for i in range(2):
+        row = normlab.proxy_moments(act, gamma, beta, 0.1, proxy_std[i])
+        torch.testing.assert_close(mean[i], row[0].expand(3), rtol=1e-14, atol=0)
+        torch.testing.assert_close(var[i], row[1].expand(3), rtol=1e-14, atol=0)
+
+
 def test_shapes_that_do_not_broadcast_name_the_arguments():
     with pytest.raises(ValueError, match=r"gamma \(3,\), beta \(4,\)") as info:
         normlab.proxy_moments("gelu", torch.ones(3), torch.zeros(4))

@@ -68,8 +68,15 @@ class Activation:
         """E[φ(U)] and Var[φ(U)] for U ~ N(μ, s²), exactly (closed form or quadrature)."""
         if self.closed_form is not None:
             return self.closed_form(mu, s)
+        derivative = gaussian.Derivative(self.backward, self.saves_output)
         return gaussian.smooth_moments(
-            self.fn, mu, s, self.quadrature_nodes, self.quadrature_half_width, self.split
+            self.fn,
+            mu,
+            s,
+            self.quadrature_nodes,
+            self.quadrature_half_width,
+            self.split,
+            derivative,
         )
 
 
@@ -184,8 +191,8 @@ register_activation(
         F.gelu,
         _gelu_backward,
         "u·Φ(u), the exact (erf) form",
-        quadrature_nodes=56,
-        quadrature_half_width=8.0,
+        quadrature_nodes=48,
+        quadrature_half_width=7.5,
         split=gaussian.GELU_SPLIT,
     )
 )
@@ -195,8 +202,8 @@ register_activation(
         F.silu,
         _silu_backward,
         "u·sigmoid(u)",
-        quadrature_nodes=56,
-        quadrature_half_width=8.0,
+        quadrature_nodes=48,
+        quadrature_half_width=7.5,
         split=gaussian.SILU_SPLIT,
     ),
     aliases=("swish",),
@@ -208,8 +215,8 @@ register_activation(
         _tanh_backward,
         "tanh(u)",
         saves_output=True,
-        quadrature_nodes=88,
-        quadrature_half_width=8.0,
+        quadrature_nodes=80,
+        quadrature_half_width=7.5,
         split=gaussian.TANH_SPLIT,
     )
 )
@@ -220,8 +227,8 @@ register_activation(
         _sigmoid_backward,
         "1/(1+e^-u)",
         saves_output=True,
-        quadrature_nodes=56,
-        quadrature_half_width=8.0,
+        quadrature_nodes=48,
+        quadrature_half_width=7.5,
         split=gaussian.SIGMOID_SPLIT,
     )
 )
@@ -241,8 +248,8 @@ register_activation(
         F.softplus,
         _softplus_backward,
         "log(1 + e^u)",
-        quadrature_nodes=56,
-        quadrature_half_width=8.0,
+        quadrature_nodes=48,
+        quadrature_half_width=7.5,
         split=gaussian.SOFTPLUS_SPLIT,
     )
 )

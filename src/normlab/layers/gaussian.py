@@ -28,6 +28,7 @@ typically 1e-11 relative.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,13 +48,18 @@ def _pdf(t: Tensor) -> Tensor:
     return torch.exp(-0.5 * t * t) * _INV_SQRT_2PI
 
 
-def _standardize(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """|s| kept away from zero, and t = μ/|s|.
+def _positive(s: Tensor) -> Tensor:
+    """|s| kept away from zero.
 
-    The floor is tiny^(1/3) (1e-103 in float64), not tiny: autograd's ∂t/∂s = -μ/s² must stay
-    finite (0·inf would make a NaN gradient) for any |μ| up to 1e102. Below it every moment is
-    that of the point mass at μ to within 1e-103·|φ'|."""
-    s = s.abs().clamp_min(torch.finfo(s.dtype).tiny ** (1.0 / 3.0))
+    The floor is tiny^(1/3) (1e-103 in float64), not tiny: autograd's ∂t/∂s = -μ/s² of
+    t = μ/s must stay finite (0·inf would make a NaN gradient) for any |μ| up to 1e102. Below
+    it every moment is that of the point mass at μ to within 1e-103·|φ'|."""
+    return s.abs().clamp_min(torch.finfo(s.dtype).tiny ** (1.0 / 3.0))
+
+
+def _standardize(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """|s| kept away from zero (:func:`_positive`), and t = μ/|s|."""
+    s = _positive(s)
     return s, mu / s
 
 
@@ -147,21 +153,60 @@ def closed_form_moments(mu: Tensor, s: Tensor, rule: MomentRule) -> Moments:
 
 def relu_moments(mu: Tensor, s: Tensor) -> Moments:
     """E and Var of relu(U), U ~ N(μ, s²), in closed form."""
-    s, _ = _standardize(mu, s)
-    return closed_form_moments(mu, s, RELU_RULE)
+    return closed_form_moments(mu, _positive(s), RELU_RULE)
+
+
+def _leaky_relu_forward(
+    mu: Tensor, s: Tensor, slope: float
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """E and Var of leaky_relu(U) = αU + (1-α)relu(U), α = ``slope``, from relu's:
+
+        E = αμ + (1-α)E_r,   Var = s²(α² + 2α(1-α)Φ) + (1-α)²Var_r,
+
+    using Cov(U, relu U) = s²Φ(t); every term is non-negative for α in [0, 1]."""
+    mean_r, var_r, saved = _relu_forward(mu, s)
+    a, b = slope, 1.0 - slope
+    cdf = saved[1]
+    mean = torch.add(mean_r * constant(b, mu), mu, alpha=a)
+    coef = torch.add(cdf * constant(2.0 * a * b, mu), constant(a * a, mu))
+    var = torch.addcmul(var_r * constant(b * b, mu), s * s, coef)
+    return mean, var, (*saved, mu)
+
+
+def _leaky_relu_vjp(saved: tuple[Tensor, ...], grad_mean: Tensor, grad_var: Tensor, slope: float):
+    """With relu's partials (:func:`_relu_vjp`) and ∂(s²Φ)/∂μ = sϕ, ∂(s²Φ)/∂s = 2sΦ - μϕ:
+
+    ∂E/∂μ = α + (1-α)Φ,   ∂E/∂s = (1-α)ϕ,
+    ∂Var/∂μ = (1-α)²·2E_rQ + 2α(1-α)sϕ,
+    ∂Var/∂s = 2α²s + (1-α)²·2(sΦ - E_rϕ) + 2α(1-α)(2sΦ - μϕ).
+    """
+    s, cdf, upper, pdf, mean_r, mu = saved
+    a, b = slope, 1.0 - slope
+    slope_mu = torch.addcmul(mean_r * upper * (2.0 * b * b), s, pdf, value=2.0 * a * b)
+    relu_s = torch.addcmul(s * cdf, mean_r, pdf, value=-1.0)
+    cross_s = torch.addcmul(s * cdf * 2.0, mu, pdf, value=-1.0)
+    slope_s = (relu_s * (2.0 * b * b)).add_(cross_s, alpha=2.0 * a * b).add_(s, alpha=2.0 * a * a)
+    grad_mu = torch.addcmul(grad_mean * (cdf * b + a), grad_var, slope_mu)
+    grad_s = torch.addcmul(grad_mean * pdf * b, grad_var, slope_s)
+    return grad_mu, grad_s
+
+
+def leaky_relu_rule(slope: float) -> MomentRule:
+    """leaky_relu's closed-form moments and their VJP as a :class:`MomentRule`."""
+    return MomentRule(
+        functools.partial(_leaky_relu_forward, slope=slope),
+        functools.partial(_leaky_relu_vjp, slope=slope),
+    )
 
 
 def leaky_relu_moments(mu: Tensor, s: Tensor, slope: float) -> Moments:
-    """E and Var of leaky_relu(U) = αU + (1-α)relu(U).
+    """E and Var of leaky_relu(U), U ~ N(μ, s²), in closed form (:func:`_leaky_relu_forward`)."""
+    return closed_form_moments(mu, _positive(s), _leaky_rules(slope))
 
-    Var = α²s² + (1-α)²Var[relu U] + 2α(1-α)s²Φ(t), using Cov(U, relu U) = s²Φ(t).
-    """
-    s, t = _standardize(mu, s)
-    mean_r, var_r = closed_form_moments(mu, s, RELU_RULE)
-    a, b = slope, 1.0 - slope
-    mean = a * mu + b * mean_r
-    var = a * a * s * s + b * b * var_r + 2.0 * a * b * s * s * torch.special.ndtr(t)
-    return mean, var
+
+@functools.cache
+def _leaky_rules(slope: float) -> MomentRule:
+    return leaky_relu_rule(slope)
 
 
 def identity_moments(mu: Tensor, s: Tensor) -> Moments:
@@ -233,8 +278,7 @@ ELU_RULE = MomentRule(_elu_forward, _elu_vjp)
 
 def elu_moments(mu: Tensor, s: Tensor) -> Moments:
     """E and Var of elu(U), U ~ N(μ, s²), in closed form (:func:`_elu_forward`)."""
-    s, _ = _standardize(mu, s)
-    return closed_form_moments(mu, s, ELU_RULE)
+    return closed_form_moments(mu, _positive(s), ELU_RULE)
 
 
 _nodes_cache: dict[tuple[int, float, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
@@ -265,13 +309,62 @@ def quadrature_moments(
     s: Tensor,
     nodes: int = 128,
     half_width: float = 10.0,
+    derivative: Derivative | None = None,
 ) -> Moments:
-    """E and Var of fn(U) by the trapezoidal rule in z, U = μ + s·z, z ~ N(0, 1)."""
+    """E and Var of fn(U) by the trapezoidal rule in z, U = μ + s·z, z ~ N(0, 1).
+
+    With ``derivative`` (φ's backward kernel, see :class:`Derivative`), a gradient to record and
+    no tracer, one autograd node (:class:`_TrapezoidMoments`) whose backward is four tensor ops;
+    else the same sums, differentiated by autograd where needed."""
     z, w = trapezoid_nodes(nodes, half_width, mu.dtype, mu.device)
-    values = fn(mu.unsqueeze(-1) + s.unsqueeze(-1) * z)
+    needs_grad = torch.is_grad_enabled() and (mu.requires_grad or s.requires_grad)
+    if derivative is not None and needs_grad and not tracing():
+        if mu.shape != s.shape:
+            mu, s = torch.broadcast_tensors(mu, s)
+        return _TrapezoidMoments.apply(mu, s, z, w, fn, derivative)
+    values = fn(torch.addcmul(mu.unsqueeze(-1), s.unsqueeze(-1), z))
     mean = values @ w
     var = (values - mean.unsqueeze(-1)).square() @ w
     return mean, var
+
+
+@dataclass(frozen=True)
+class Derivative:
+    """φ' as a fused kernel: ``backward(grad, saved) -> grad·φ'(u)`` (it may write into grad),
+    with ``saved`` = φ(u) where ``saves_output``, else u (:class:`~.activations.Activation`)."""
+
+    backward: Callable[[Tensor, Tensor], Tensor]
+    saves_output: bool
+
+
+class _TrapezoidMoments(torch.autograd.Function):
+    """The trapezoid's E = Σ w φ(u) and Var = Σ w (φ(u) - E)², u = μ + s·z, as one node.
+
+    With c = φ(u) - E (Σ w c = 0 removes E's own dependence from ∂Var):
+
+        ∂E/∂μ = Σ w φ',   ∂E/∂s = Σ w z φ',   ∂Var/∂μ = 2 Σ w c φ',   ∂Var/∂s = 2 Σ w z c φ',
+
+    so that both gradients are sums of g = (ḡ_E + 2ḡ_Var·c)·φ'(u): one addcmul, φ's fused
+    backward kernel and two matrix-vector products, where autograd runs some thirty ops."""
+
+    @staticmethod
+    def forward(ctx, mu, s, z, w, fn, derivative):
+        u = torch.addcmul(mu.unsqueeze(-1), s.unsqueeze(-1), z)
+        values = fn(u)
+        mean = values @ w
+        centred = values - mean.unsqueeze(-1)
+        var = centred.square() @ w
+        ctx.save_for_backward(values if derivative.saves_output else u, centred, z, w)
+        ctx.derivative = derivative
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_var):
+        first_order_only("the proxy moments' quadrature")
+        saved, centred, z, w = ctx.saved_tensors
+        g = torch.addcmul(grad_mean.unsqueeze(-1), grad_var.unsqueeze(-1), centred, value=2.0)
+        g = ctx.derivative.backward(g, saved)
+        return g @ w, g @ (w * z), None, None, None, None
 
 
 # -- smooth φ at any scale: the trapezoid for small |s|, a split φ = P + r for large |s| --------
@@ -418,7 +511,10 @@ def _all_near(s: Tensor) -> bool:
     a CPU only (free there); False on accelerators and while tracing, and where some s is NaN."""
     if tracing() or s.device.type != "cpu":
         return False
-    return s.numel() == 0 or float(s.detach().max()) <= SPLIT_SCALE
+    if s.numel() == 0:
+        return True
+    low, high = torch.aminmax(s.detach())
+    return float(low) >= -SPLIT_SCALE and float(high) <= SPLIT_SCALE
 
 
 def smooth_moments(
@@ -428,6 +524,7 @@ def smooth_moments(
     nodes: int,
     half_width: float,
     split: Split | None,
+    derivative: Derivative | None = None,
 ) -> Moments:
     """E and Var of a smooth φ(U), U ~ N(μ, s²), for any finite μ and s.
 
@@ -439,12 +536,13 @@ def smooth_moments(
     needs it (reading |s| back costs nothing there); on an accelerator (no host sync) and while
     tracing (no data-dependent branch), both always run. φ without a split: the trapezoid alone.
     """
-    s = s.abs()
     if mu.shape != s.shape:
         mu, s = torch.broadcast_tensors(mu, s)
-    if split is None or _all_near(s):
-        return quadrature_moments(fn, mu, s, nodes, half_width)
+    if split is None or _all_near(s):  # the trapezoid's nodes are symmetric: s may be signed
+        return quadrature_moments(fn, mu, s, nodes, half_width, derivative)
+    s = s.abs()
     near = s <= SPLIT_SCALE
-    mean_q, var_q = quadrature_moments(fn, mu, s.clamp_max(SPLIT_SCALE), nodes, half_width)
+    small = s.clamp_max(SPLIT_SCALE)
+    mean_q, var_q = quadrature_moments(fn, mu, small, nodes, half_width, derivative)
     mean_s, var_s = split_moments(split, mu, s.clamp_min(SPLIT_SCALE))
     return torch.where(near, mean_q, mean_s), torch.where(near, var_q, var_s)

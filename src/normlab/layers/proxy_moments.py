@@ -42,8 +42,8 @@ _ARGUMENTS = ("gamma", "beta", "proxy_mean", "proxy_std")
 def _as_tensors(values: tuple[Tensor | float, ...]) -> tuple[list[Tensor], torch.dtype]:
     """The arguments as tensors in the working dtype, and the dtype of the result.
 
-    The result takes the first tensor's floating dtype (float32 for half precision and for
-    integer tensors with floats, the default dtype for floats alone); the moments are computed
+    The result takes the first tensor's dtype where it is floating (float32 for half
+    precision), else the default dtype; the moments are computed
     in float64 whatever it is (they are per-channel vectors: cheap), except on a device without
     float64 (MPS), so that float32 results are rounded once, from float64 values. Floats must
     be finite numbers and tensor shapes must broadcast: each error names the argument."""
@@ -117,7 +117,8 @@ def proxy_moments(
         y = proxy_mean.unsqueeze(-1) + proxy_std.unsqueeze(-1) * q
         values = activation.fn(gamma.unsqueeze(-1) * y + beta.unsqueeze(-1))
         var, mean = torch.var_mean(values, dim=-1, correction=0)
-    poison = (mu.detach() + s.detach()).mul_(0.0)  # NaN where an argument is NaN or ±inf, else 0
+    # NaN where an argument is NaN or ±inf (so is μ or s), else 0: (μ - μ)·s
+    poison = torch.sub(mu.detach(), mu.detach()).mul(s.detach())
     return (mean + poison).to(dtype), (var + poison).to(dtype)
 
 
