@@ -184,11 +184,6 @@ def test_set_finite_checks_takes_a_bool(value):
         normlab.set_finite_checks(before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in layers/compiled.py (owned by another helper): set_compiled_kernels("
-    "'no') turns the kernels on (bool('no') is True) instead of refusing a non-bool",
-)
 @pytest.mark.parametrize("value", ["no", None], ids=ids)
 def test_set_compiled_kernels_takes_a_bool(value):
     before = normlab.set_compiled_kernels(True)
@@ -199,22 +194,26 @@ def test_set_compiled_kernels_takes_a_bool(value):
         normlab.set_compiled_kernels(before)
 
 
-PROXY_DEFECT = (
-    "defect in layers/proxy_moments.py (owned by another helper): gamma/beta are not validated: "
-    "a non-finite one gives NaN moments silently, a string or None a raw torch TypeError, a "
-    "complex one a silently real result"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=PROXY_DEFECT)
 @pytest.mark.parametrize(
     "gamma",
-    [torch.tensor(math.nan), torch.tensor(math.inf), "1", None, torch.ones(2, dtype=torch.cfloat)],
+    ["1", None, torch.ones(2, dtype=torch.cfloat), torch.ones(2, dtype=torch.bool)],
     ids=ids,
 )
 def test_proxy_moments_gamma_is_checked(gamma):
     with clear_error((TypeError, ValueError), "gamma"):
         proxy_moments("relu", gamma, 0.0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=ids)
+@pytest.mark.parametrize("act", ["relu", "tanh", "silu", "elu"])
+def test_non_finite_tensor_entries_give_nan_moments_where_they_are(value, act):
+    """Documented propagation (no read-back per call): NaN at the entry, exact elsewhere."""
+    gamma = torch.tensor([1.0, value], dtype=torch.float64)
+    mean, var = proxy_moments(act, gamma, 0.0)
+    assert math.isnan(mean[1])
+    assert math.isnan(var[1])
+    expected = proxy_moments(act, torch.ones(1, dtype=torch.float64), 0.0)
+    torch.testing.assert_close((mean[:1], var[:1]), expected)
 
 
 def test_proxy_moments_of_a_valid_gamma_are_relus():

@@ -27,6 +27,8 @@ from types import ModuleType
 
 import torch
 
+from .._checks import check_bool
+
 CSRC = Path(__file__).with_name("csrc")
 EXTENSIONS: dict[str, Path] = {
     "normlab_kernels": CSRC / "group_norm_pn.cpp",
@@ -46,7 +48,7 @@ def set_compiled_kernels(enabled: bool) -> bool:
     """Use normlab's C++ kernels where they apply (default) or always the eager implementation;
     return the previous setting."""
     global _enabled
-    previous, _enabled = _enabled, bool(enabled)
+    previous, _enabled = _enabled, check_bool("enabled", enabled)
     return previous
 
 

@@ -46,11 +46,17 @@ def _as_tensors(values: tuple[Tensor | float, ...]) -> tuple[list[Tensor], torch
     precision), else the default dtype; the moments are computed
     in float64 whatever it is (they are per-channel vectors: cheap), except on a device without
     float64 (MPS), so that float32 results are rounded once, from float64 values. Floats must
-    be finite numbers and tensor shapes must broadcast: each error names the argument."""
+    be finite numbers, tensors real (not complex or bool), and tensor shapes must broadcast:
+    each error names the argument."""
     tensors = [v for v in values if isinstance(v, Tensor)]
     for name, value in zip(_ARGUMENTS, values, strict=True):
         if not isinstance(value, Tensor):
             check_number(name, value)
+        elif value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(
+                f"proxy_moments: {name} must be a real tensor or number, got a tensor of dtype "
+                f"{str(value.dtype).removeprefix('torch.')}"
+            )
     if len(tensors) > 1 and any(t.shape != tensors[0].shape for t in tensors):
         try:
             torch.broadcast_shapes(*(t.shape for t in tensors))
