@@ -458,14 +458,15 @@ def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
 
     with E[P], Var[P] in closed form, E[r] = Σ_k w_k r_k N(u_k; μ, s²) over the nodes of
     [-R, R], Var[r] = E[r²] - E[r]² (r = 0 outside [-R, R], so that the mass outside counts
-    as it should), and Cov(P, r) = E[(P - E[P])·r] summed with P - E[P] known on each side of 0
-    (no E[P·r] - E[P]·E[r] cancellation):
+    as it should), and Cov(P, r) = E[(P - E[P])·r] summed with P - E[P] known on each side of 0:
 
-        relu:  Cov = Σ w r u⁺ N - E[P]·E[r]
+        relu:  Cov = E[u⁺·r] - E[P]·E[r]
         sign:  Cov = 2·(Q·E[r; u > 0] - Φ·E[r; u < 0])   (P - E[P] = 2Q above 0, -2Φ below)
         step:  Cov = Q·E[r; u > 0] - Φ·E[r; u < 0]
 
-    with Φ = Φ(μ/s), Q = 1 - Φ (computed as Φ(-μ/s)). Accurate for s >= :data:`SPLIT_SCALE`
+    with Φ = Φ(μ/s) and Q = 1 - Φ computed as Φ(-μ/s), so that the centred step is exact on
+    each side however close Φ is to 1; for relu, E[u⁺·r] lives on [0, R], where u⁺ <= R, so
+    that it is at most R·E[|r|] and the difference loses nothing to a large E[P]. Accurate for s >= :data:`SPLIT_SCALE`
     (μ and s of one shape), where the density varies slowly on the panels; μ/s is clamped to
     ±1e6·√2, where the density is 0 at every node anyway, so that no μ overflows or makes a NaN
     gradient."""
