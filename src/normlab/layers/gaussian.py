@@ -466,10 +466,11 @@ def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
 
     with Φ = Φ(μ/s) and Q = 1 - Φ computed as Φ(-μ/s), so that the centred step is exact on
     each side however close Φ is to 1; for relu, E[u⁺·r] lives on [0, R], where u⁺ <= R, so
-    that it is at most R·E[|r|] and the difference loses nothing to a large E[P]. Accurate for s >= :data:`SPLIT_SCALE`
-    (μ and s of one shape), where the density varies slowly on the panels; μ/s is clamped to
-    ±1e6·√2, where the density is 0 at every node anyway, so that no μ overflows or makes a NaN
-    gradient."""
+    that it is at most R·E[|r|] and the difference loses nothing to a large E[P].
+
+    Accurate for s >= :data:`SPLIT_SCALE` (μ and s of one shape), where the density varies
+    slowly on the panels; μ/s is clamped to ±1e6·√2, where the density is 0 at every node
+    anyway, so that no μ overflows or makes a NaN gradient."""
     u, table = split_nodes(split, mu.dtype, mu.device)
     # density ∝ exp(-y²), y = (u - μ)/(s√2); |μ|/s clamped where exp(-y²) is 0 at every node
     scale = constant(_INV_SQRT_2, s) / s
