@@ -217,6 +217,17 @@ def test_gradcheck_in_both_regimes_and_at_the_switch(act):
     assert torch.autograd.gradcheck(lambda *a: normlab.proxy_moments(act, *a), args)
 
 
+@pytest.mark.parametrize("act", ["gelu", "tanh", "elu", "leaky_relu"])
+def test_gradcheck_with_broadcasting(act):
+    """The fused nodes (trapezoid, closed forms) on broadcast (2, 3) parameters."""
+    gamma = torch.tensor([[0.7], [2.6]], dtype=DOUBLE, requires_grad=True)
+    beta = torch.tensor([-1.5, 0.2, 3.0], dtype=DOUBLE, requires_grad=True)
+    proxy_std = torch.tensor([0.9, 1.1, 0.8], dtype=DOUBLE, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda g, b, p: normlab.proxy_moments(act, g, b, 0.3, p), (gamma, beta, proxy_std)
+    )
+
+
 @pytest.mark.parametrize("act", ACTS)
 def test_gradients_stay_finite_at_the_extremes(act):
     """torch.where selects a branch; the other one, at clamped inputs, must not make a NaN."""

@@ -44,10 +44,6 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 Moments = tuple[Tensor, Tensor]
 
 
-def _pdf(t: Tensor) -> Tensor:
-    return torch.exp(-0.5 * t * t) * _INV_SQRT_2PI
-
-
 def _positive(s: Tensor) -> Tensor:
     """|s| kept away from zero.
 
@@ -55,12 +51,6 @@ def _positive(s: Tensor) -> Tensor:
     t = μ/s must stay finite (0·inf would make a NaN gradient) for any |μ| up to 1e102. Below
     it every moment is that of the point mass at μ to within 1e-103·|φ'|."""
     return s.abs().clamp_min(torch.finfo(s.dtype).tiny ** (1.0 / 3.0))
-
-
-def _standardize(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """|s| kept away from zero (:func:`_positive`), and t = μ/|s|."""
-    s = _positive(s)
-    return s, mu / s
 
 
 _T_MAX = 40.0  # Φ(±40) is 0 or 1 and ϕ(40) = 0 in float64: |t| beyond changes nothing
@@ -191,8 +181,9 @@ def _leaky_relu_vjp(saved: tuple[Tensor, ...], grad_mean: Tensor, grad_var: Tens
     return grad_mu, grad_s
 
 
+@functools.cache
 def leaky_relu_rule(slope: float) -> MomentRule:
-    """leaky_relu's closed-form moments and their VJP as a :class:`MomentRule`."""
+    """leaky_relu's closed-form moments and their VJP as a :class:`MomentRule` (one per slope)."""
     return MomentRule(
         functools.partial(_leaky_relu_forward, slope=slope),
         functools.partial(_leaky_relu_vjp, slope=slope),
@@ -201,30 +192,26 @@ def leaky_relu_rule(slope: float) -> MomentRule:
 
 def leaky_relu_moments(mu: Tensor, s: Tensor, slope: float) -> Moments:
     """E and Var of leaky_relu(U), U ~ N(μ, s²), in closed form (:func:`_leaky_relu_forward`)."""
-    return closed_form_moments(mu, _positive(s), _leaky_rules(slope))
-
-
-@functools.cache
-def _leaky_rules(slope: float) -> MomentRule:
-    return leaky_relu_rule(slope)
+    return closed_form_moments(mu, _positive(s), leaky_relu_rule(slope))
 
 
 def identity_moments(mu: Tensor, s: Tensor) -> Moments:
     return mu, s * s
 
 
-def _partial_lognormal(k: float, mu: Tensor, s: Tensor, t: Tensor) -> Tensor:
-    """m_k = E[e^{kU}; U ≤ 0] = exp(kμ + k²s²/2)·Φ(-a), a = t + ks, without overflow.
+def _partial_lognormal(k: float, mu: Tensor, s: Tensor, t: Tensor, gauss: Tensor) -> Tensor:
+    """m_k = E[e^{kU}; U ≤ 0] = exp(kμ + k²s²/2)·Φ(-a), a = t + ks, without overflow;
+    ``gauss`` = e^{-t²/2}.
 
     For a ≥ 0, Φ(-a) = erfcx(a/√2)·e^{-a²/2}/2 and the exponents cancel to exactly -t²/2
     (kμ = kst): m_k = e^{-t²/2}·erfcx(a/√2)/2, every factor at most 1. For a < 0,
     kμ + k²s²/2 = ks·a - k²s²/2 < 0 and Φ(-a) ∈ [1/2, 1]: the direct form. Each form is evaluated
     at inputs clamped to its own side, so that neither overflows where the other is selected."""
-    a = t + k * s
-    upper = torch.exp(-0.5 * t * t) * torch.special.erfcx(a.clamp_min(0.0) * _INV_SQRT_2) * 0.5
-    exponent = (k * mu + 0.5 * k * k * s * s).clamp_max(0.0)
-    lower = torch.exp(exponent) * torch.special.ndtr(-a.clamp_max(0.0))
-    return torch.where(a >= 0, upper, lower)
+    a = torch.add(t, s, alpha=k)
+    upper = gauss * torch.special.erfcx(a.clamp_min(0.0) * constant(_INV_SQRT_2, mu))
+    exponent = torch.addcmul(mu * constant(k, mu), s, s, value=0.5 * k * k).clamp_max(0.0)
+    lower = torch.exp(exponent) * torch.special.erfc(a.clamp_max(0.0) * constant(_INV_SQRT_2, mu))
+    return torch.where(a >= 0, upper, lower) * constant(0.5, mu)
 
 
 def _elu_forward(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
@@ -246,10 +233,11 @@ def _elu_forward(mu: Tensor, s: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, .
     z = t * constant(_INV_SQRT_2, mu)
     half = constant(0.5, mu)
     p, q = torch.special.erfc(-z) * half, torch.special.erfc(z) * half
-    s_pdf = s * torch.exp(-z.square()) * constant(_INV_SQRT_2PI, mu)
+    gauss = torch.exp(-z.square())
+    s_pdf = s * gauss * constant(_INV_SQRT_2PI, mu)
     mean_relu = torch.addcmul(s_pdf, mu, p)
     var_relu = ((mu * q - s_pdf) * mean_relu).addcmul(s * s, p)
-    m1, m2 = _partial_lognormal(1.0, mu, s, t), _partial_lognormal(2.0, mu, s, t)
+    m1, m2 = (_partial_lognormal(k, mu, s, t, gauss) for k in (1.0, 2.0))
     mean_g = m1 - q
     var_g = (m2 - m1 * m1).addcmul(p, q - 2.0 * m1).clamp_min(0.0)
     mean = mean_relu + mean_g
@@ -470,17 +458,19 @@ def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
 
     with E[P], Var[P] in closed form, E[r] = Σ_k w_k r_k N(u_k; μ, s²) over the nodes of
     [-R, R], Var[r] = E[r²] - E[r]² (r = 0 outside [-R, R], so that the mass outside counts
-    as it should), and Cov(P, r) = E[(P - E[P])·r] summed with P - E[P] known on each side of 0
-    (no E[P·r] - E[P]·E[r] cancellation):
+    as it should), and Cov(P, r) = E[(P - E[P])·r] summed with P - E[P] known on each side of 0:
 
-        relu:  Cov = Σ w r u⁺ N - E[P]·E[r]
+        relu:  Cov = E[u⁺·r] - E[P]·E[r]
         sign:  Cov = 2·(Q·E[r; u > 0] - Φ·E[r; u < 0])   (P - E[P] = 2Q above 0, -2Φ below)
         step:  Cov = Q·E[r; u > 0] - Φ·E[r; u < 0]
 
-    with Φ = Φ(μ/s), Q = 1 - Φ (computed as Φ(-μ/s)). Accurate for s >= :data:`SPLIT_SCALE`
-    (μ and s of one shape), where the density varies slowly on the panels; μ/s is clamped to
-    ±1e6·√2, where the density is 0 at every node anyway, so that no μ overflows or makes a NaN
-    gradient."""
+    with Φ = Φ(μ/s) and Q = 1 - Φ computed as Φ(-μ/s), so that the centred step is exact on
+    each side however close Φ is to 1; for relu, E[u⁺·r] lives on [0, R], where u⁺ <= R, so
+    that it is at most R·E[|r|] and the difference loses nothing to a large E[P].
+
+    Accurate for s >= :data:`SPLIT_SCALE` (μ and s of one shape), where the density varies
+    slowly on the panels; μ/s is clamped to ±1e6·√2, where the density is 0 at every node
+    anyway, so that no μ overflows or makes a NaN gradient."""
     u, table = split_nodes(split, mu.dtype, mu.device)
     # density ∝ exp(-y²), y = (u - μ)/(s√2); |μ|/s clamped where exp(-y²) is 0 at every node
     scale = constant(_INV_SQRT_2, s) / s
