@@ -176,6 +176,7 @@ COUNT_PROBES = {
         False,
     ),
 }
+SMALLEST_COUNT = {"ProxyNormAct-points": 2}  # a variance needs two quantiles
 BAD_COUNTS = [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)]
 BAD_COUNTS += [("4", TypeError), (None, TypeError)]
 
@@ -200,10 +201,15 @@ def test_bad_counts_name_the_argument(name, value, error):
 @pytest.mark.parametrize("name", list(COUNT_PROBES))
 def test_count_edges_build_and_run(name):
     build, _, _ = COUNT_PROBES[name]
-    layer = build(1)
+    layer = build(SMALLEST_COUNT.get(name, 1))
     channels = getattr(layer, "num_channels", 1)
     out = layer(torch.randn(4, channels, 3, 3))
     assert bool(torch.isfinite(out).all())
+
+
+def test_one_reference_point_is_refused_when_built():
+    with pytest.raises(ValueError, match="points must be an integer >= 2, got 1"):
+        ProxyNormAct(8, method="reference", points=1)
 
 
 @pytest.mark.parametrize(

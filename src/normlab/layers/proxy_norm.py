@@ -73,6 +73,11 @@ class ProxyNormAct(ActivationStep):
         if method not in METHODS:
             raise unknown("proxy-moment method", method, METHODS)
         points = check_positive_int("points", points)
+        if points < 2:
+            raise ValueError(
+                f"points must be an integer >= 2, got {points}: the reference estimator's "
+                f"variance of a single quantile is 0"
+            )
         self.eps, self.method, self.points = eps, method, points
         self.gamma = nn.Parameter(torch.ones(num_channels))
         self.beta = nn.Parameter(torch.zeros(num_channels))
