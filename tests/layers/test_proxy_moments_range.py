@@ -301,6 +301,13 @@ def test_reference_points_must_be_an_integer_of_at_least_two(points, error):
         normlab.proxy_moments("relu", 1.0, 0.0, method="reference", points=points)
 
 
+def test_a_layer_with_one_reference_point_says_so():
+    """ProxyNormAct(points=1) runs the one-quantile estimator, Var = 0: the moments refuse it."""
+    layer = normlab.layers.ProxyNormAct(4, "gelu", method="reference", points=1)
+    with pytest.raises(ValueError, match="points must be an integer >= 2, got 1"):
+        layer(torch.randn(2, 4, 3, 3))
+
+
 def test_reference_with_two_points():
     """K = 2: the quantiles ±Φ⁻¹(3/4); the biased variance of relu at them."""
     mean, var = normlab.proxy_moments(
