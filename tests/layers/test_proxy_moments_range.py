@@ -249,10 +249,12 @@ def test_gradients_stay_finite_at_the_extremes(act):
 
 
 @pytest.mark.parametrize("act", SMOOTH)
-def test_the_branch_free_path_matches_the_fast_path(act, monkeypatch):
-    """Accelerators and tracers run both branches and select; eager CPU skips the split when
-    every |s| <= 2. Same values and gradients either way."""
-    args = [torch.tensor(c, dtype=DOUBLE) for c in zip(*GRAD_POINTS[:2], strict=True)]
+@pytest.mark.parametrize("points", [GRAD_POINTS[:2], GRAD_POINTS], ids=["near", "mixed"])
+def test_the_branch_free_path_matches_the_eager_cpu_path(act, points, monkeypatch):
+    """Accelerators and tracers run both branches everywhere and select; eager CPU runs the
+    split on the entries with |s| > 2 only (none: the trapezoid alone). Same values and
+    gradients either way."""
+    args = [torch.tensor(c, dtype=DOUBLE) for c in zip(*points, strict=True)]
 
     def run():
         leaves = [a.clone().requires_grad_() for a in args]
@@ -260,10 +262,10 @@ def test_the_branch_free_path_matches_the_fast_path(act, monkeypatch):
         (mean.sum() + 2 * var.sum()).backward()
         return mean, var, *(leaf.grad for leaf in leaves)
 
-    fast = run()
-    monkeypatch.setattr(gaussian, "_all_near", lambda s: False)
-    for a, b in zip(fast, run(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    eager = run()
+    monkeypatch.setattr(gaussian, "_far_entries", lambda s: None)
+    for a, b in zip(eager, run(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-300)
 
 
 def test_compiled_moments_match_eager_in_both_regimes():
@@ -301,8 +303,14 @@ def test_reference_points_must_be_an_integer_of_at_least_two(points, error):
         normlab.proxy_moments("relu", 1.0, 0.0, method="reference", points=points)
 
 
+def test_a_layer_with_one_reference_point_says_so():
+    """ProxyNormAct(points=1) would run the one-quantile estimator, Var = 0: refused when built."""
+    with pytest.raises(ValueError, match="points must be an integer >= 2, got 1"):
+        normlab.layers.ProxyNormAct(4, "gelu", method="reference", points=1)
+
+
 def test_reference_with_two_points():
-    """K = 2: the quantiles ±Φ⁻¹(3/4); the biased variance of relu at them."""
+    """K = 2: the quantiles ±Φ⁻¹(3/4), whose biased variance is Φ⁻¹(3/4)²."""
     mean, var = normlab.proxy_moments(
         "identity", torch.tensor(1.0, dtype=DOUBLE), 0.0, method="reference", points=2
     )

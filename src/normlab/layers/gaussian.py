@@ -481,30 +481,30 @@ def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
     sums = (table @ flat.T) * (scale * constant(_INV_SQRT_PI, s)).reshape(1, -1)
     r_pos, r_neg, r_square, r_u = (row.reshape(mu.shape) for row in sums.unbind(0))
     mean_r = r_pos + r_neg
-    t = (mu / s).clamp(-_T_MAX, _T_MAX)
-    cdf, upper = torch.special.ndtr(t), torch.special.ndtr(-t)
     if split.base == "relu":
         mean_p, var_p, _ = _relu_forward(mu, s)
         cov = r_u - mean_p * mean_r
-    elif split.base == "sign":
-        mean_p, var_p = cdf - upper, 4.0 * cdf * upper
-        cov = 2.0 * (upper * r_pos - cdf * r_neg)
     else:
-        mean_p, var_p = cdf, cdf * upper
-        cov = upper * r_pos - cdf * r_neg
+        z = mu / s * constant(_INV_SQRT_2, mu)
+        cdf, upper = (torch.special.erfc(v) * constant(0.5, mu) for v in (-z, z))
+        if split.base == "sign":
+            mean_p, var_p = cdf - upper, 4.0 * cdf * upper
+            cov = 2.0 * (upper * r_pos - cdf * r_neg)
+        else:
+            mean_p, var_p = cdf, cdf * upper
+            cov = upper * r_pos - cdf * r_neg
     var = var_p + 2.0 * cov + (r_square - mean_r * mean_r)
     return mean_p + mean_r, var.clamp_min(0.0)
 
 
-def _all_near(s: Tensor) -> bool:
-    """Whether every |s| is known to be at most :data:`SPLIT_SCALE`: read back in eager mode on
-    a CPU only (free there); False on accelerators and while tracing, and where some s is NaN."""
+def _far_entries(s: Tensor) -> Tensor | None:
+    """The flat indices of the |s| > :data:`SPLIT_SCALE`, in eager mode on a CPU (reading s
+    back costs nothing there); None on accelerators (no host sync) and while tracing (no
+    data-dependent shapes). NaN entries count as near: the trapezoid then makes them NaN."""
     if tracing() or s.device.type != "cpu":
-        return False
-    if s.numel() == 0:
-        return True
-    low, high = torch.aminmax(s.detach())
-    return float(low) >= -SPLIT_SCALE and float(high) <= SPLIT_SCALE
+        return None
+    far = s.detach().abs().reshape(-1) > SPLIT_SCALE
+    return far.nonzero().squeeze(1) if bool(far.any()) else far.new_empty(0, dtype=torch.long)
 
 
 def smooth_moments(
@@ -520,19 +520,27 @@ def smooth_moments(
 
     |s| <= :data:`SPLIT_SCALE`: the trapezoid in z (:func:`quadrature_moments`), geometrically
     convergent for φ analytic in a strip; beyond, the split (:func:`split_moments`), where the
-    trapezoid would need nodes in proportion to |s|. Both branches run on inputs clamped to
-    their own range and torch.where picks, so that neither makes an inf or NaN (nor a NaN
-    gradient) where the other is selected. Eager on a CPU, the split runs only when some |s|
-    needs it (reading |s| back costs nothing there); on an accelerator (no host sync) and while
-    tracing (no data-dependent branch), both always run. φ without a split: the trapezoid alone.
+    trapezoid would need nodes in proportion to |s|. Each branch runs on inputs clamped to its
+    own range, so that neither makes an inf or NaN (nor a NaN gradient) where the other is
+    taken. Eager on a CPU, the split runs on the entries that need it only (none, in PN's
+    usual |γ| ≈ 1) and overwrites them; on an accelerator (no host sync) and while tracing (no
+    data-dependent shape), both branches run everywhere and torch.where picks. φ without a
+    split: the trapezoid alone.
     """
     if mu.shape != s.shape:
         mu, s = torch.broadcast_tensors(mu, s)
-    if split is None or _all_near(s):  # the trapezoid's nodes are symmetric: s may be signed
+    far = None if split is None else _far_entries(s)
+    if split is None or (far is not None and far.numel() == 0):
+        # the trapezoid's nodes are symmetric: s may be signed
         return quadrature_moments(fn, mu, s, nodes, half_width, derivative)
-    s = s.abs()
-    near = s <= SPLIT_SCALE
-    small = s.clamp_max(SPLIT_SCALE)
+    small = s.clamp(-SPLIT_SCALE, SPLIT_SCALE)
     mean_q, var_q = quadrature_moments(fn, mu, small, nodes, half_width, derivative)
+    if far is not None:
+        mean_s, var_s = split_moments(split, mu.reshape(-1)[far], s.reshape(-1)[far].abs())
+        mean = mean_q.reshape(-1).index_put((far,), mean_s).view(mu.shape)
+        var = var_q.reshape(-1).index_put((far,), var_s).view(mu.shape)
+        return mean, var
+    s = s.abs()
     mean_s, var_s = split_moments(split, mu, s.clamp_min(SPLIT_SCALE))
+    near = s <= SPLIT_SCALE
     return torch.where(near, mean_q, mean_s), torch.where(near, var_q, var_s)
