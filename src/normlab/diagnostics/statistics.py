@@ -94,16 +94,11 @@ def merge_summaries(a: Tensor, count_a: int, b: Tensor, count_b: int) -> Tensor:
 
 
 def _prepared(t: Tensor, what: str) -> tuple[Tensor, int]:
-    """``t`` checked (real, with values; finiteness is checked on the results), detached, and
+    """``t`` checked (real, non-empty; finiteness is checked on the results), detached, and
     its number of positions per plane."""
     check_values(what, t, 0, finite=False)
     _check_rank(t, 2)
-    size = t.shape[2:].numel()
-    if size == 0 or t.shape[1] == 0:
-        raise ValueError(
-            f"per-channel statistics need channels with positions, got shape {tuple(t.shape)}"
-        )
-    return t.detach(), size
+    return t.detach(), t.shape[2:].numel()
 
 
 def _check_rank(t: Tensor, rank: int) -> None:

@@ -34,7 +34,6 @@ EXTENSIONS: dict[str, Path] = {
     "normlab_kernels": CSRC / "group_norm_pn.cpp",
     "normlab_statistics": CSRC / "plane_moments.cpp",
 }
-SOURCE = EXTENSIONS["normlab_kernels"]
 # OpenMP makes ATen's parallel_for parallel, served by the runtime torch has loaded (Linux's
 # libgomp); elsewhere the kernel builds without it and runs its loops on one thread.
 _FLAGS = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
