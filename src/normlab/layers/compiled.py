@@ -1,11 +1,12 @@
 """normlab's C++ kernels, built on first use and cached; eager PyTorch is the fallback.
 
-Two extensions, each one source in ``csrc/``: ``normlab_kernels`` (``group_norm_pn.cpp``) runs
+Three extensions, each one source in ``csrc/``: ``normlab_kernels`` (``group_norm_pn.cpp``) runs
 GN (LN, IN) + relu-PN on CPU as one native autograd node (see :mod:`normlab.layers.group_norm_pn`
-for the same step in Python); ``normlab_statistics`` (``plane_moments.cpp``) is the diagnostics'
+for the same step in Python); ``normlab_tails`` (``pn_tail.cpp``) runs PN's activation step after
+any normalizer, for every built-in φ, as one vectorised pass each way (:mod:`normlab.layers.tails`
+for the Python reference); ``normlab_statistics`` (``plane_moments.cpp``) is the diagnostics'
 one-pass per-plane reduction (:func:`normlab.diagnostics.statistics.plane_moments`). Each is
-compiled with
-torch's JIT extension builder (a C++ compiler and ninja are needed) into
+compiled with torch's JIT extension builder (a C++ compiler and ninja are needed) into
 ``$NORMLAB_CACHE`` (default ``~/.cache/normlab``), about half a minute on the first use of a given
 source and torch version, and loaded from there afterwards. Where it cannot be built, normlab warns
 once and runs the eager implementation, which computes the same step.
@@ -33,10 +34,19 @@ CSRC = Path(__file__).with_name("csrc")
 EXTENSIONS: dict[str, Path] = {
     "normlab_kernels": CSRC / "group_norm_pn.cpp",
     "normlab_statistics": CSRC / "plane_moments.cpp",
+    "normlab_tails": CSRC / "pn_tail.cpp",
 }
 # OpenMP makes ATen's parallel_for parallel, served by the runtime torch has loaded (Linux's
 # libgomp); elsewhere the kernel builds without it and runs its loops on one thread.
 _FLAGS = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
+# ``normlab_tails`` is written with ATen's Vectorized types, whose width is set at compile time:
+# it is built for the CPU capability torch itself dispatches to (ATEN_CPU_CAPABILITY), as ATen's
+# own kernels are, and without one (DEFAULT) its loops run lane by lane.
+_CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+}
+_VECTORISED = ("normlab_tails",)
 
 _enabled = os.environ.get("NORMLAB_COMPILED", "1") != "0"
 _modules: dict[str, ModuleType] = {}
@@ -51,10 +61,24 @@ def set_compiled_kernels(enabled: bool) -> bool:
     return previous
 
 
+def _flags(extension: str) -> list[str]:
+    """Compiler flags of ``extension``: :data:`_FLAGS`, and the CPU capability's for
+    :data:`_VECTORISED` ones."""
+    if extension not in _VECTORISED:
+        return list(_FLAGS)
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in _CAPABILITY_FLAGS:
+        return list(_FLAGS)
+    defines = [f"-DCPU_CAPABILITY_{capability}", f"-DCPU_CAPABILITY={capability}"]
+    return [*_FLAGS, *_CAPABILITY_FLAGS[capability], *defines]
+
+
 def build_directory(extension: str = "normlab_kernels") -> Path:
-    """Where an extension is built: one directory per source, torch and Python version."""
+    """Where an extension is built: one directory per source, flags (with them the CPU
+    capability), torch and Python version."""
     source = EXTENSIONS[extension]
-    digest = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:12]
+    flags = " ".join(_flags(extension)).encode()
+    digest = hashlib.sha256(source.read_bytes() + flags).hexdigest()[:12]
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
     root = Path(os.environ.get("NORMLAB_CACHE", Path.home() / ".cache" / "normlab"))
     prefix = "kernels" if extension == "normlab_kernels" else extension.removeprefix("normlab_")
@@ -96,7 +120,7 @@ def _build(extension: str) -> ModuleType:
         return cpp_extension.load(
             name=extension,
             sources=[str(EXTENSIONS[extension])],
-            extra_cflags=_FLAGS,
+            extra_cflags=_flags(extension),
             build_directory=str(directory),
             verbose=False,
         )

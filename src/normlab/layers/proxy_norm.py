@@ -39,7 +39,7 @@ from .base import Normalization
 from .group_norm import GroupNorm
 from .group_norm_pn import NonFiniteFoldError, group_norm_threshold_pn
 from .proxy_moments import METHODS, REFERENCE_POINTS, MomentMethod, proxy_moments
-from .tails import channel_max, scale_shift_act
+from .tails import NonFiniteStepError, channel_max, proxy_norm_step, scale_shift_act
 from .threshold_fold import ThresholdFold, fold, threshold_is_finite
 
 DEFAULT_EPS = 0.03
@@ -150,6 +150,8 @@ class ProxyNormAct(ActivationStep):
         return act.threshold_form and act.moment_rule is not None and self.method == "exact"
 
     def _build_plan(self) -> Plan:
+        if self._steps_in_one_node:
+            return Plan(self.gamma, self.beta, self._step)
         if self._folds_into_threshold:
             params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
             rule = self.activation.moment_rule
@@ -165,6 +167,30 @@ class ProxyNormAct(ActivationStep):
             return Plan(self.gamma * scale, bias, functools.partial(_shifted_max, shift=shift))
         tail = functools.partial(scale_shift_act, scale=scale, shift=shift, act=self.activation)
         return Plan(self.gamma, self.beta, tail)
+
+    @property
+    def _steps_in_one_node(self) -> bool:
+        """Whether to try :func:`~.tails.proxy_norm_step` (moments and tail as one C++ node):
+        exact moments, gradients recorded (else the cached plan is cheaper), no tracer, CPU."""
+        return (
+            self.method == "exact"
+            and torch.is_grad_enabled()
+            and not tracing()
+            and self.gamma.device.type == "cpu"
+        )
+
+    def _step(self, u: Tensor) -> Tensor:
+        """The tail of the one-node plan, u = γỹ + β: :func:`~.tails.proxy_norm_step`, or where
+        it does not apply the moments in Python and :func:`~.tails.scale_shift_act`."""
+        params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
+        try:
+            out = proxy_norm_step(u, params, self.activation, self.eps, finite_checks_enabled())
+        except NonFiniteStepError:
+            raise self._non_finite_error() from None
+        if out is not None:
+            return out
+        scale, shift = self.scale_shift()
+        return scale_shift_act(u, scale, shift, self.activation)
 
     def _check_finite(self, shift: Tensor) -> None:
         """Raise, naming the parameters, when checks are on and c is not finite."""

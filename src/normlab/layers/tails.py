@@ -8,6 +8,14 @@ input), and recompute cheap elementwise work instead:
   PN with relu, where c + relu(v) = max(v + c, c) once the shift c is folded into the bias.
 * :func:`scale_shift_act` — φ(u)·a_c + c_c, PN for any φ: saves the output (when φ' is a
   function of φ, as for tanh or sigmoid) or else u, and recomputes φ, φ'.
+* :func:`proxy_norm_step` — the whole of PN after a normalizer, (u, γ, β, β̃, γ̃) -> z: the proxy
+  moments of every channel and the tail as one node.
+
+On CPU the last two run normlab's C++ kernels (``csrc/pn_tail.cpp``, :mod:`~.compiled`) for the
+built-in φ: one vectorised pass forward, one backward that applies φ' and sums Σ g·φ(u) and Σ g
+per channel (a's and c's gradients), and, in :func:`proxy_norm_step`, the moments with their
+Jacobian in the same node. The Python nodes below are the reference they are tested against,
+and run elsewhere (other devices, autocast dtypes, registered φ).
 """
 
 from __future__ import annotations
@@ -16,7 +24,22 @@ import torch
 from torch import Tensor
 
 from .._checks import channel_sum, channel_view, first_order_only, tracing
-from .activations import Activation
+from .activations import Activation, get_activation
+from .compiled import kernels
+from .gaussian import SPLIT_SCALE, trapezoid_nodes
+
+# the built-in φ in the order of pn_tail.cpp's ActId
+KERNEL_ACTIVATIONS = (
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "elu",
+    "softplus",
+    "identity",
+)
 
 
 def masked_grad(grad: Tensor, out: Tensor, threshold: Tensor) -> Tensor:
@@ -115,9 +138,69 @@ class _ScaleShiftAct(torch.autograd.Function):
 _WIDE = (torch.float32, torch.float64)
 
 
+def kernel_activation(act: Activation) -> int | None:
+    """φ's id in the C++ tails, or None for a φ registered by the user (or a modified copy)."""
+    try:
+        index = KERNEL_ACTIVATIONS.index(act.name)
+    except ValueError:
+        return None
+    return index if get_activation(act.name) is act else None
+
+
+def _tail_kernels(u: Tensor, per_channel: tuple[Tensor, ...]):
+    """The C++ tails where they apply to u and the per-channel tensors (CPU, one float32 or
+    float64 dtype, u NCHW-contiguous or channels-last), else None."""
+    if u.device.type != "cpu" or u.dtype not in (torch.float32, torch.float64) or u.dim() < 2:
+        return None
+    if not (u.is_contiguous() or u.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    if any(t.dtype != u.dtype or t.device.type != "cpu" for t in per_channel):
+        return None
+    return kernels("normlab_tails")
+
+
 def scale_shift_act(u: Tensor, scale: Tensor, shift: Tensor, act: Activation) -> Tensor:
-    """φ(u)·scale + shift with per-channel scale and shift (shape (C,)); while tracing, the
-    same three ops, differentiated by autograd."""
+    """φ(u)·scale + shift with per-channel scale and shift (shape (C,)), scale > 0; while
+    tracing, the same three ops, differentiated by autograd."""
     if tracing():
         return act.fn(u) * channel_view(scale, u.dim()) + channel_view(shift, u.dim())
+    index = kernel_activation(act)
+    compiled = None if index is None else _tail_kernels(u, (scale, shift))
+    if compiled is not None:
+        return compiled.scale_shift_act(u, scale.contiguous(), shift.contiguous(), index)
     return _ScaleShiftAct.apply(u, scale, shift, act)
+
+
+class NonFiniteStepError(ValueError):
+    """PN's shift c = -E·a came out non-finite in :func:`proxy_norm_step` (the caller names
+    the parameters)."""
+
+
+def proxy_norm_step(
+    u: Tensor,
+    params: tuple[Tensor, Tensor, Tensor, Tensor],
+    act: Activation,
+    eps: float,
+    check_finite: bool,
+) -> Tensor | None:
+    """PN's activation step z = φ(u)·a + c (PN paper Eq. 7) from u = γỹ + β and ``params`` =
+    (γ, β, β̃, γ̃), with a, c from the exact proxy moments, as one C++ autograd node; None where
+    it does not apply, and the caller computes the moments in Python: no C++ moments for φ
+    (only relu and the φ computed by the trapezoid have them), u or the parameters unfit for
+    the kernels (see :func:`_tail_kernels`), or some channel with |γ(1 + γ̃)| beyond the
+    trapezoid's range (:data:`~.gaussian.SPLIT_SCALE`), where the split takes over. Raises
+    :class:`NonFiniteStepError` when ``check_finite`` and c is not finite."""
+    index = kernel_activation(act)
+    if index is None or not (act.name == "relu" or act.closed_form is None):
+        return None
+    compiled = _tail_kernels(u, params)
+    if compiled is None or any(not p.is_contiguous() for p in params):
+        return None
+    z, w = trapezoid_nodes(
+        act.quadrature_nodes, act.quadrature_half_width, torch.float64, torch.device("cpu")
+    )
+    try:
+        out = compiled.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, eps, check_finite)
+    except ValueError as error:  # the kernel's only ValueError
+        raise NonFiniteStepError(str(error)) from None
+    return out[0] if out else None
