@@ -21,6 +21,10 @@ Candidates run interleaved, round after round, and each one's median over the ro
 reported, so that drifts of the machine (frequency, other processes) hit all of them alike.
 
     python benchmarks/pn_speed.py [--quick] [--act gelu] [--device cuda] [--markdown] [--no-models]
+
+``--pairs`` times instead, for every normalizer (gn, ln, bn) and φ (relu, silu, gelu, tanh), PN
+after the normalizer against torch's eager normalizer + φ, and prints per pair the geometric mean
+and worst ratio over the shapes (``--norms``, ``--acts`` choose).
 """
 
 from __future__ import annotations
@@ -87,18 +91,81 @@ def candidates(channels: int, groups: int, act: str) -> dict[str, nn.Module]:
     }
 
 
+NORMS = ("gn", "ln", "bn")
+PAIR_ACTS = ("relu", "silu", "gelu", "tanh")
+
+
+def torch_norm(norm: str, channels: int, groups: int) -> nn.Module:
+    """torch's eager layer for a normlab normalizer name (LN over (C, H, W) is GroupNorm(1))."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(groups if norm == "gn" else 1, channels)
+
+
+def pair(norm: str, channels: int, groups: int, act: str) -> dict[str, nn.Module]:
+    """torch eager norm + φ (the baseline) and normlab's norm + PN with φ."""
+    spec = f"gn{groups}" if norm == "gn" else norm
+    return {
+        "plain": nn.Sequential(torch_norm(norm, channels, groups), TORCH_ACTIVATIONS[act]()),
+        "PN": normlab.scheme(f"{spec}+pn", act=act).norm_act(channels),
+    }
+
+
+def groups_for(shape: tuple[int, ...]) -> int:
+    return 8 if shape[1] <= 64 and shape[0] >= 128 else 32
+
+
+def measure_pairs(
+    shapes: list[tuple[int, ...]],
+    norms: list[str],
+    acts: list[str],
+    device: torch.device,
+    rounds: int,
+) -> dict[tuple[str, str], list[float]]:
+    """PN / plain time ratio (medians of interleaved rounds) per (norm, φ), one per shape."""
+    ratios: dict[tuple[str, str], list[float]] = {}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for shape in shapes:
+        x = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        grad = torch.randn(shape, generator=gen).to(device)
+        for norm in norms:
+            for act in acts:
+                modules = pair(norm, shape[1], groups_for(shape), act)
+                times = interleaved(modules, x, grad, rounds, warmup=2)
+                ratios.setdefault((norm, act), []).append(times["PN"] / times["plain"])
+    return ratios
+
+
+def report_pairs(
+    shapes: list[tuple[int, ...]], ratios: dict[tuple[str, str], list[float]], say: Callable
+) -> None:
+    """One markdown row per (norm, φ): geometric mean and worst ratio, and every shape's."""
+    say("| norm + φ | geomean | worst | " + " | ".join(str(s) for s in shapes) + " |")
+    say("|---" * (len(shapes) + 3) + "|")
+    for (norm, act), values in ratios.items():
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        geo = statistics.geometric_mean(values)
+        say(f"| {norm}+{act} | {geo:.3f}× | {max(values):.3f}× | {cells} |")
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+# wall time, or the process's CPU time (with one thread: what the step itself costs, robust
+# against other processes on a shared machine)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCKS["wall"]
+
+
 def time_step(module: nn.Module, x: Tensor, grad: Tensor) -> float:
     """Seconds for one forward and backward pass."""
     _synchronize(x.device)
-    start = time.perf_counter()
+    start = _clock()
     module(x).backward(grad)
     _synchronize(x.device)
-    elapsed = time.perf_counter() - start
+    elapsed = _clock() - start
     if x.requires_grad:
         x.grad = None
     module.zero_grad(set_to_none=True)
@@ -203,7 +270,25 @@ def main() -> None:
     )
     parser.add_argument("--no-models", action="store_true", help="skip the whole-model table")
     parser.add_argument("--act", default="relu", choices=sorted(TORCH_ACTIVATIONS), help="φ (relu)")
+    parser.add_argument(
+        "--pairs",
+        action="store_true",
+        help="instead: PN / (torch eager norm + φ) for every --norms × --acts, per shape",
+    )
+    parser.add_argument("--norms", default=",".join(NORMS), help="with --pairs (gn,ln,bn)")
+    parser.add_argument("--acts", default=",".join(PAIR_ACTS), help="with --pairs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="cpu: the process's CPU time (with --threads 1)",
+    )
     args = parser.parse_args()
+    global _clock
+    _clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.stable_malloc:
         stabilise_allocator()
     device = torch.device(args.device)
@@ -211,6 +296,14 @@ def main() -> None:
     if args.quick:
         shapes = [CIFAR[0], CIFAR[2], IMAGENET[0], IMAGENET[6]]
     rounds = args.rounds or (10 if args.quick else 30)
+    if args.pairs:
+        print(
+            f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {rounds} "
+            f"rounds; PN / (torch eager norm + φ), forward + backward, medians"
+        )
+        norms, acts = args.norms.split(","), args.acts.split(",")
+        report_pairs(shapes, measure_pairs(shapes, norms, acts, device, rounds), print)
+        return
     node = "C++" if device.type == "cpu" and compiled.kernels() is not None else "Python"
     print(
         f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
