@@ -107,7 +107,7 @@ struct Silu {  // u·σ(u)
   template <typename V> static void value_slope(V u, V& phi, V& slope) {
     const V sig = V(1) / (V(1) + u.neg().exp());
     phi = u * sig;
-    slope = sig * at::vec::fmadd(u, V(1) - sig, V(1));
+    slope = at::vec::fmadd(phi, V(1) - sig, sig);  // σ + uσ(1 − σ)
   }
 };
 
@@ -277,13 +277,28 @@ void tail_backward(const T* g, const T* saved, const T* a, const T* c, T* grad_u
                    const Layout& l) {
   constexpr int64_t W = Vec<T>::size();
   const int64_t C = l.channels;
+  const int64_t threads = at::get_num_threads();
+  std::vector<double> partial(threads * 2 * C, 0.0);  // each thread's S_a, S_c
   if (!l.channels_last) {
-    std::vector<double> planes(2 * l.batch * C);
+    // A channel's vector accumulators carry over the planes of that channel in a thread's
+    // chunk (no horizontal sum per plane, which small planes such as 7×7 would pay for at
+    // every plane) and are added into double after at most kFlush values.
+    constexpr int64_t kFlush = 4096;
+    std::vector<T> inverse(C);
+    for (int64_t ch = 0; ch < C; ++ch) inverse[ch] = T(1) / a[ch];
     at::parallel_for(0, l.batch * C, grain(l.plane), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t ch = p % C;
-        const Vec<T> av(a[ch]), cv(c[ch]), inv(T(1) / a[ch]);
-        Vec<T> sum_gphi(0), sum_g(0), gu;
+      double* mine = partial.data() + at::get_thread_num() * 2 * C;
+      std::vector<Vec<T>> acc(2 * C, Vec<T>(0));
+      std::vector<int64_t> held(C, 0);
+      const auto flush = [&](int64_t ch) {
+        mine[ch] += horizontal_sum(acc[ch]);
+        mine[C + ch] += horizontal_sum(acc[C + ch]);
+        acc[ch] = acc[C + ch] = Vec<T>(0);
+        held[ch] = 0;
+      };
+      for (int64_t p = begin, ch = begin % C; p < end; ++p, ch = ch + 1 == C ? 0 : ch + 1) {
+        const Vec<T> av(a[ch]), cv(c[ch]), inv(inverse[ch]);
+        Vec<T> sum_gphi = acc[ch], sum_g = acc[C + ch], gu;
         const int64_t offset = p * l.plane;
         for (int64_t i = 0; i < l.plane; i += W) {
           const int64_t n = std::min(W, l.plane - i);
@@ -292,25 +307,20 @@ void tail_backward(const T* g, const T* saved, const T* a, const T* c, T* grad_u
           tail_backward_block<A, T>(gv, sv, av, cv, inv, gu, sum_gphi, sum_g);
           gu.store(grad_u + offset + i, n);
         }
-        planes[p] = horizontal_sum(sum_gphi);
-        planes[l.batch * C + p] = horizontal_sum(sum_g);
+        acc[ch] = sum_gphi;
+        acc[C + ch] = sum_g;
+        held[ch] += l.plane;
+        if (held[ch] >= kFlush) flush(ch);
+      }
+      for (int64_t ch = 0; ch < C; ++ch) {
+        if (held[ch] > 0) flush(ch);
       }
     });
-    for (int64_t ch = 0; ch < C; ++ch) {
-      double s_a = 0.0, s_c = 0.0;
-      for (int64_t n = 0; n < l.batch; ++n) {
-        s_a += planes[n * C + ch];
-        s_c += planes[l.batch * C + n * C + ch];
-      }
-      sums[ch] = s_a;
-      sums[C + ch] = s_c;
-    }
-    return;
-  }
-  // channels-last: each thread sums its rows per channel, in T over blocks of rows, then in double
-  const int64_t rows = l.batch * l.plane, threads = at::get_num_threads();
-  constexpr int64_t kBlock = 128;
-  std::vector<double> partial(threads * 2 * C, 0.0);
+  } else {
+    // channels-last: each thread sums its rows per channel, in T over blocks of rows, then in
+    // double
+    const int64_t rows = l.batch * l.plane;
+    constexpr int64_t kBlock = 128;
   at::parallel_for(0, rows, grain(C), [&](int64_t begin, int64_t end) {
     double* mine = partial.data() + at::get_thread_num() * 2 * C;
     std::vector<T> block(2 * C);
@@ -336,6 +346,7 @@ void tail_backward(const T* g, const T* saved, const T* a, const T* c, T* grad_u
       for (int64_t k = 0; k < 2 * C; ++k) mine[k] += static_cast<double>(block[k]);
     }
   });
+  }
   std::fill(sums, sums + 2 * C, 0.0);
   for (int64_t t = 0; t < threads; ++t) {
     for (int64_t k = 0; k < 2 * C; ++k) sums[k] += partial[t * 2 * C + k];
