@@ -12,7 +12,9 @@ Two measurements, per φ in relu, silu, gelu, tanh:
   its loops' extents, leaf by leaf) is N·C·H·W. "PN's tail is fused into the normalizer's
   epilogue" means GN+PN makes as many passes as GN+φ, forward and backward: the per-channel
   moments (C-sized vectors, and C × nodes for the quadrature) then cost no extra traffic over
-  the activations.
+  the activations. A third module, torch's GroupNorm, φ and a learnable per-channel affine
+  (:class:`TorchAffineAfterAct`), is PN's tail written in plain PyTorch: the reference for
+  what Inductor makes of a per-channel affine after φ.
 * **Speed.** Forward+backward time (input and parameter gradients) of both modules, eager and
   compiled, on the CIFAR and ImageNet activation shapes of ``benchmarks/pn_speed.py``;
   candidates run interleaved round after round and each one's median is reported, with the
@@ -38,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 import normlab
+from normlab.layers.activations import TORCH_ACTIVATIONS
 
 CIFAR = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
 IMAGENET = [
@@ -138,6 +141,23 @@ def structure(module: nn.Module, shape: tuple[int, ...], device: torch.device) -
         "bwd functions": bwd_functions,
         "bwd passes": bwd_passes,
     }
+
+
+class TorchAffineAfterAct(nn.Module):
+    """torch's GroupNorm, φ, then a learnable per-channel affine φ(GN(x))·a_c + c_c: PN's tail
+    in plain PyTorch, the fusion reference of the structure table (what Inductor makes of any
+    per-channel affine after φ, whatever computes a and c)."""
+
+    def __init__(self, channels: int, groups: int, act: str) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.act = TORCH_ACTIVATIONS[act]()
+        self.scale = nn.Parameter(torch.ones(channels) + 0.1 * torch.arange(channels) / channels)
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return self.act(self.norm(x)) * self.scale.view(view) + self.shift.view(view)
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -250,9 +270,11 @@ def main() -> None:
         print(f"\nInductor's code on the probe shape {PROBE} (full pass = N·C·H·W elements):\n")
         rows = []
         for act in acts:
-            for name, module in modules(PROBE[1], args.groups, act).items():
-                label = f"GN+PN({act})" if name == "pn" else f"GN+{act}"
-                rows.append((act, label, structure(module, PROBE, device)))
+            found = modules(PROBE[1], args.groups, act)
+            found["torch"] = TorchAffineAfterAct(PROBE[1], args.groups, act)
+            labels = {"plain": f"GN+{act}", "pn": f"GN+PN({act})", "torch": f"torch GN+{act}·a+c"}
+            for name, module in found.items():
+                rows.append((act, labels[name], structure(module, PROBE, device)))
         report_structure(rows, print)
     if args.no_timing:
         return
