@@ -275,7 +275,16 @@ _nodes_cache: dict[tuple[int, float, torch.dtype, torch.device], tuple[Tensor, T
 def trapezoid_nodes(
     count: int, half_width: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """Nodes z_k on [-L, L] and weights ∝ ϕ(z_k), normalised to sum to one."""
+    """Nodes z_k on [-L, L] and weights ∝ ϕ(z_k), normalised to sum to one.
+
+    While tracing, both are graph constants made from Python floats (:func:`_trapezoid_values`),
+    so that a compiled graph computes no linspace, exp or sum for them at each call."""
+    if tracing():
+        z, w = _trapezoid_values(count, half_width)
+        return (
+            torch.tensor(z, dtype=dtype, device=device),
+            torch.tensor(w, dtype=dtype, device=device),
+        )
     return cached(
         _nodes_cache,
         (count, half_width, dtype, device),
@@ -289,6 +298,20 @@ def _trapezoid_nodes(
     z = torch.linspace(-half_width, half_width, count, dtype=torch.float64)
     w = torch.exp(-0.5 * z * z)
     return z.to(dtype=dtype, device=device), (w / w.sum()).to(device=device, dtype=dtype)
+
+
+def _trapezoid_values(count: int, half_width: float) -> tuple[list[float], list[float]]:
+    """:func:`_trapezoid_nodes` in Python floats (float64), for tracers: the nodes as
+    torch.linspace places them (from both ends towards the middle), weights ϕ(z_k)/Σϕ."""
+    step = 2.0 * half_width / (count - 1) if count > 1 else 0.0
+    half = count // 2
+    z = [
+        -half_width + step * k if k < half else half_width - step * (count - 1 - k)
+        for k in range(count)
+    ]
+    gauss = [math.exp(-0.5 * v * v) for v in z]
+    total = math.fsum(gauss)
+    return z, [g / total for g in gauss]
 
 
 def quadrature_moments(
@@ -311,6 +334,10 @@ def quadrature_moments(
             mu, s = torch.broadcast_tensors(mu, s)
         return _TrapezoidMoments.apply(mu, s, z, w, fn, derivative)
     values = fn(torch.addcmul(mu.unsqueeze(-1), s.unsqueeze(-1), z))
+    if tracing():  # weighted sums as reductions, which Inductor fuses (a matmul stays extern)
+        mean = (values * w).sum(-1)
+        var = ((values - mean.unsqueeze(-1)).square() * w).sum(-1)
+        return mean, var
     mean = values @ w
     var = (values - mean.unsqueeze(-1)).square() @ w
     return mean, var
@@ -401,6 +428,8 @@ class Split:
         order: Gauss–Legendre nodes per panel.
         nodes, weights: the Gauss–Legendre nodes u_k > 0 of the panels and their weights, as
             floats, made on construction (by numpy, which tracers cannot run).
+        table: :func:`split_nodes`' nodes on [-R, R] and table, as float64 values made on
+            construction, from which tracers take them as graph constants.
     """
 
     base: str
@@ -409,6 +438,7 @@ class Split:
     order: int = 10
     nodes: tuple[float, ...] = field(init=False, repr=False, compare=False)
     weights: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    table: tuple[list[float], list[list[float]]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.base not in ("relu", "sign", "step"):
@@ -418,17 +448,13 @@ class Split:
         half, mid = (ends[1:] - ends[:-1])[:, None] / 2, (ends[1:] + ends[:-1])[:, None] / 2
         object.__setattr__(self, "nodes", tuple((mid + half * x).ravel().tolist()))
         object.__setattr__(self, "weights", tuple((half * w).ravel().tolist()))
+        u, table = _split_nodes(self, torch.float64, torch.device("cpu"))
+        object.__setattr__(self, "table", (u.tolist(), table.tolist()))
 
     @property
     def support(self) -> float:
         return self.breaks[-1]
 
-
-TANH_SPLIT = Split("sign", _sign_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 20.0))
-SIGMOID_SPLIT = Split("step", _step_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 40.0))
-SILU_SPLIT = Split("relu", _silu_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 44.0))
-GELU_SPLIT = Split("relu", _gelu_residual, (0.0, 1.5, 3.5, 6.0, 9.5))
-SOFTPLUS_SPLIT = Split("relu", _softplus_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 40.0))
 
 _split_cache: dict[tuple[Split, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
@@ -436,7 +462,13 @@ _split_cache: dict[tuple[Split, torch.dtype, torch.device], tuple[Tensor, Tensor
 def split_nodes(split: Split, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Nodes u_k on [-R, R] and the table w_k·(r_k·1[u_k > 0], r_k·1[u_k < 0], r_k², r_k·u_k⁺)
     (4 × K), w_k the Gauss–Legendre weights: what :func:`split_moments` contracts with the
-    Gaussian density at the nodes."""
+    Gaussian density at the nodes. While tracing, graph constants made from ``split.table``."""
+    if tracing():
+        u, table = split.table
+        return (
+            torch.tensor(u, dtype=dtype, device=device),
+            torch.tensor(table, dtype=dtype, device=device),
+        )
     return cached(_split_cache, (split, dtype, device), lambda: _split_nodes(split, dtype, device))
 
 
@@ -449,6 +481,13 @@ def _split_nodes(split: Split, dtype: torch.dtype, device: torch.device) -> tupl
     table = torch.stack([r * positive, r * (1 - positive), r * r, r * u.clamp_min(0.0)], dim=-1)
     table = (table * weights.unsqueeze(-1)).T.contiguous()
     return u.to(dtype=dtype, device=device), table.to(dtype=dtype, device=device)
+
+
+TANH_SPLIT = Split("sign", _sign_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 20.0))
+SIGMOID_SPLIT = Split("step", _step_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 40.0))
+SILU_SPLIT = Split("relu", _silu_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 44.0))
+GELU_SPLIT = Split("relu", _gelu_residual, (0.0, 1.5, 3.5, 6.0, 9.5))
+SOFTPLUS_SPLIT = Split("relu", _softplus_residual, (0.0, 1.5, 4.0, 8.0, 14.0, 24.0, 40.0))
 
 
 def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
@@ -476,10 +515,16 @@ def split_moments(split: Split, mu: Tensor, s: Tensor) -> Moments:
     scale = constant(_INV_SQRT_2, s) / s
     shift = (mu * scale).clamp(-1e6, 1e6)
     y = torch.addcmul(shift.unsqueeze(-1), scale.unsqueeze(-1), u, value=-1.0)
-    density = y.square().neg_().exp_()
-    flat = density.reshape(-1, u.shape[0])
-    sums = (table @ flat.T) * (scale * constant(_INV_SQRT_PI, s)).reshape(1, -1)
-    r_pos, r_neg, r_square, r_u = (row.reshape(mu.shape) for row in sums.unbind(0))
+    norm = scale * constant(_INV_SQRT_PI, s)
+    if tracing():  # one fused reduction over the nodes for the four sums, no extern matmul
+        density = y.square().neg().exp()
+        sums = (density.unsqueeze(-2) * table).sum(-1) * norm.unsqueeze(-1)
+        r_pos, r_neg, r_square, r_u = sums.unbind(-1)
+    else:
+        density = y.square().neg_().exp_()
+        flat = density.reshape(-1, u.shape[0])
+        sums = (table @ flat.T) * norm.reshape(1, -1)
+        r_pos, r_neg, r_square, r_u = (row.reshape(mu.shape) for row in sums.unbind(0))
     mean_r = r_pos + r_neg
     if split.base == "relu":
         mean_p, var_p, _ = _relu_forward(mu, s)
