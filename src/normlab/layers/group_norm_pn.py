@@ -137,4 +137,5 @@ def traced_group_norm_threshold_pn(
     and export, ONNX and TorchScript see ATen ops only."""
     (weight, bias, shift), _ = fold(*params, eps, rule)
     out = F.group_norm(x, groups, weight, bias, norm_eps)
-    return torch.clamp_min(out, channel_view(shift, x.dim()))
+    batch = (x.shape[0], -1, *(1,) * (x.dim() - 2))  # see tails.scale_shift_act
+    return torch.clamp_min(out, channel_view(shift, x.dim()).expand(batch))

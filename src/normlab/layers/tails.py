@@ -163,7 +163,11 @@ def scale_shift_act(u: Tensor, scale: Tensor, shift: Tensor, act: Activation) ->
     """φ(u)·scale + shift with per-channel scale and shift (shape (C,)), scale > 0; while
     tracing, the same three ops, differentiated by autograd."""
     if tracing():
-        return act.fn(u) * channel_view(scale, u.dim()) + channel_view(shift, u.dim())
+        # a and c broadcast over the batch first: Inductor (torch 2.13) then reduces their
+        # gradients in one pass with φ's backward instead of a separate one
+        batch = (u.shape[0], -1, *(1,) * (u.dim() - 2))
+        scale_view = channel_view(scale, u.dim()).expand(batch)
+        return act.fn(u) * scale_view + channel_view(shift, u.dim()).expand(batch)
     index = kernel_activation(act)
     compiled = None if index is None else _tail_kernels(u, (scale, shift))
     if compiled is not None:
