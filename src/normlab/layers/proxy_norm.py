@@ -36,6 +36,7 @@ from .._checks import (
 from .act import ActivationStep, Plan
 from .activations import Activation
 from .base import Normalization
+from .compiled import kernels
 from .group_norm import GroupNorm
 from .group_norm_pn import NonFiniteFoldError, group_norm_threshold_pn
 from .proxy_moments import METHODS, REFERENCE_POINTS, MomentMethod, proxy_moments
@@ -141,6 +142,19 @@ class ProxyNormAct(ActivationStep):
             and torch.is_grad_enabled()
             and x.dtype == self.gamma.dtype
             and not torch.is_autocast_enabled(x.device.type)
+            and not self._channels_last_on_cpu_kernels(x)
+        )
+
+    @staticmethod
+    def _channels_last_on_cpu_kernels(x: Tensor) -> bool:
+        """A channels-last CPU input where the C++ tails are available: native GroupNorm keeps
+        the layout and :func:`~.tails.proxy_norm_step` reads it in place, while the GN + relu
+        node (:func:`group_norm_threshold_pn`) would run its Python version."""
+        return (
+            x.device.type == "cpu"
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and kernels("normlab_tails") is not None
         )
 
     @property
