@@ -151,14 +151,23 @@ def fig2_rows(folder: Path, collapse: dict[str, tuple[float, float]]) -> list[di
     return rows
 
 
-def test_fig2_through_training(tmp_path):
+def test_fig2_through_training(tmp_path, monkeypatch):
     paper = {"bn": (0.0, 0.0), "ln": (0.4, 0.6), "gn8": (0.1, 0.2), "ln+pn": (0.02, 0.02),
              "gn8+pn": (0.01, 0.01), "ln+ws": (0.05, 0.3)}  # fmt: skip
     findings = r._analyse_fig2(fig2_rows(tmp_path / "a", paper), tmp_path)
     assert c.overall(findings.claims) == c.REPRODUCED
     assert (tmp_path / "pn_fig2_training.png").exists()
+    assert (tmp_path / "pn_fig2_by_depth.png").exists()
+    # The verdicts where the claims fail: the two figures are built again but not rendered
+    # (rendering them, about 10 s of CPU, is what the call above checks)
+    saved: list[Path] = []
+    monkeypatch.setattr(
+        "normlab.report.training.save_figure",
+        lambda fig, path, *args, **kwargs: saved.append(Path(path)) or [Path(path)],
+    )
     uncollapsed = dict.fromkeys(paper, (0.01, 0.01)) | {"ln+pn": (0.3, 0.3), "ln+ws": (0.05, 0.01)}
     findings = r._analyse_fig2(fig2_rows(tmp_path / "b", uncollapsed), tmp_path)
+    assert [path.name for path in saved] == ["pn_fig2_training", "pn_fig2_by_depth"]
     verdicts = [claim.verdict for claim in findings.claims]
     assert verdicts[:2] == [c.FAILS, c.FAILS]  # LN does not collapse, LN+WS does not drift
     assert verdicts[2:4] == [c.FAILS, c.FAILS]  # LN+PN more collapsed than LN, far from BN
