@@ -192,7 +192,9 @@ def tiny_nf(monkeypatch):
     return tiny
 
 
-def test_a_reproduction_end_to_end_and_rerun_reuses_its_runs(tiny_nf, tmp_path, capsys):
+def test_a_reproduction_end_to_end_and_rerun_reuses_its_runs(
+    tiny_nf, tmp_path, capsys, monkeypatch
+):
     args = ["reproduce", "nf-resnet", "--data", "gaussian:1x8x8", "--runs", str(tmp_path / "runs"),
             "--out", str(tmp_path / "docs"), "--max-parallel", "2"]  # fmt: skip
     assert main(args) == 0
@@ -205,10 +207,17 @@ def test_a_reproduction_end_to_end_and_rerun_reuses_its_runs(tiny_nf, tmp_path, 
     assert "![nf_resnet_curves](nf-resnet/nf_resnet_curves.png)" in document
     assert (tmp_path / "docs" / "nf-resnet" / "nf_resnet_curves.png").exists()
     assert "3 finished runs" in document
+    # the rerun's figure is built but not rendered again (the first run rendered it, above)
+    saved: list[Path] = []
+    monkeypatch.setattr(
+        "normlab.report.training.save_figure",
+        lambda fig, path, *args, **kwargs: saved.append(Path(path)) or [Path(path)],
+    )
     outcome = reproduce(
         "nf-resnet", "gaussian:1x8x8", tmp_path / "runs", tmp_path / "docs", on_event=print
     )
     assert capsys.readouterr().out.count("skip") == 3  # every run reused, only the analysis
+    assert [path.name for path in saved] == ["nf_resnet_curves"]
     table = [line for line in document.splitlines() if line.startswith("| ")]
     again = outcome.document.read_text().splitlines()
     assert [line for line in again if line.startswith("| ")] == table
