@@ -20,21 +20,24 @@ def _build_compiled_kernels():
     minute never lands inside a test with a deadline. A failed build warns and the suite runs the
     eager implementation.
 
-    On a first build, the diagnostics' extension (``normlab_statistics``, otherwise built by
-    the first diagnostics test that needs it) compiles at the same time in a subprocess, into the
-    same cache, so that the two builds share the cores; the tests load it from there. If that
-    build fails, the first use tries again in this process and warns as before."""
-    statistics = _start_building("normlab_statistics")
+    On a first build, normlab's other extensions (``normlab_statistics``, the diagnostics' one,
+    otherwise built by the first test that needs it) compile at the same time, each in a
+    subprocess, into the same cache, so that the builds share the cores; the tests load them from
+    there. If such a build fails, the first use tries again in this process and warns as before."""
+    others = [name for name in compiled.EXTENSIONS if name != "normlab_kernels"]
+    builds = [build for build in map(_start_building, others) if build is not None]
     compiled.kernels()
-    if statistics is not None:
-        statistics.wait(timeout=600)
+    for build in builds:
+        build.wait(timeout=600)
 
 
 def _start_building(extension: str) -> subprocess.Popen | None:
+    """A subprocess building ``extension`` into the cache, or None where there is nothing to
+    build (kernels turned off, or built already: then loaded in milliseconds when first used)."""
     if os.environ.get("NORMLAB_COMPILED", "1") == "0":
         return None
     if any(compiled.build_directory(extension).glob("*.so")):
-        return None  # built already: loaded in milliseconds when first used
+        return None
     path = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
     return subprocess.Popen(
         [
