@@ -21,6 +21,8 @@ from normlab.cli import main
 from normlab.training.command import FLAG_TYPES
 from normlab.training.config import ConfigError, TrainConfig
 
+from .console_batch import run_console_batch
+
 SRC = Path(__file__).parents[1] / "src"
 
 EXAMPLE_SPECS = ["bn", "gn8", "frn", "evo-s0", "none", "nf", "gn8+pn", "bn+sws"]
@@ -141,56 +143,90 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    ("argv", "fragments"),
-    [
-        (["demo", "--width", "0"], ["normlab demo: error:", "--width", "positive integer"]),
-        (["demo", "--depth", "-1"], ["--depth", "positive integer", "'-1'"]),
-        (["demo", "--width", "inf"], ["--width", "positive integer", "'inf'"]),
-        (["demo", "--width", "nan"], ["--width", "'nan'"]),
-        (["models", "--act", "bogus"], ["normlab models: error:", "'bogus'", "Did you mean"]),
-    ],
-)
-def test_bad_values_are_one_line_errors(argv, fragments):
-    assert_one_line_error(normlab_cli(*argv), *fragments)
+BAD_VALUES = [
+    (["demo", "--width", "0"], ["normlab demo: error:", "--width", "positive integer"]),
+    (["demo", "--depth", "-1"], ["--depth", "positive integer", "'-1'"]),
+    (["demo", "--width", "inf"], ["--width", "positive integer", "'inf'"]),
+    (["demo", "--width", "nan"], ["--width", "'nan'"]),
+    (["models", "--act", "bogus"], ["normlab models: error:", "'bogus'", "Did you mean"]),
+]
+ANALYZE_OUT = ["analyze", "--model", "resnet20", "--data", "gaussian:3x8x8", "--out"]
+TINY_TRAIN = ["--model", "resnet20", "--width", "0.25", "--data", "gaussian:3x8x8", "--limit", "8",
+              "--test-limit", "8", "--batch-size", "8"]  # fmt: skip
+DAMAGES = ["garbage", "truncated"]
 
 
-def test_out_that_cannot_hold_a_report_fails_before_any_work(tmp_path):
-    file = tmp_path / "file"
-    file.write_text("not a folder")
-    analyze = ["analyze", "--model", "resnet20", "--data", "gaussian:3x8x8", "--out"]
-    line = assert_one_line_error(normlab_cli(*analyze, str(file)), "normlab analyze: error:")
+def _damaged(damage: str) -> bytes:
+    if damage == "garbage":
+        return b"\x00garbage, not a checkpoint" * 10
+    stream = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 0}, stream)
+    return stream.getvalue()[: len(stream.getvalue()) // 2]
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """This section's command lines, each in its own folder, run through the real console entry
+    all in one subprocess (tests/console_batch.py: one torch import instead of ten). The
+    console's own process is still tested here: ``test_python_dash_m_normlab`` and one of
+    ``test_debug_shows_the_traceback_before_or_after_the_command``'s runs are processes of their
+    own. Maps a probe's name to its result and its folder."""
+    probes: dict[str, tuple[list[str], Path]] = {}
+
+    def folder(name: str) -> Path:
+        return tmp_path_factory.mktemp(name)
+
+    for argv, _ in BAD_VALUES:
+        probes[" ".join(argv)] = (argv, folder("bad-value"))
+    out = folder("out")
+    (out / "file").write_text("not a folder")
+    probes["out-file"] = ([*ANALYZE_OUT, str(out / "file")], out)
+    probes["out-under-file"] = ([*ANALYZE_OUT, str(out / "file" / "sub")], out)
+    for damage in DAMAGES:
+        run = folder(f"resume-{damage}") / "run"
+        run.mkdir()
+        (run / "last.pt").write_bytes(_damaged(damage))
+        argv = ["train", *TINY_TRAIN, "--out", str(run), "--resume", "--no-progress"]
+        probes[f"resume-{damage}"] = (argv, run.parent)
+    debug = folder("debug-after")
+    (debug / "file").write_text("x")
+    probes["debug-after"] = (["demo", "--out", str(debug / "file"), "--debug"], debug)
+    results = run_console_batch(list(probes.values()), folder("batch") / "results.json")
+    return {name: (result, probes[name][1]) for name, result in zip(probes, results, strict=True)}
+
+
+@pytest.mark.parametrize(("argv", "fragments"), BAD_VALUES)
+def test_bad_values_are_one_line_errors(argv, fragments, console):
+    assert_one_line_error(console[" ".join(argv)][0], *fragments)
+
+
+def test_out_that_cannot_hold_a_report_fails_before_any_work(console):
+    result, folder = console["out-file"]
+    file = folder / "file"
+    line = assert_one_line_error(result, "normlab analyze: error:")
     assert f"--out {file} exists and is not a folder" in line
     # A folder cannot be made under a regular file (NotADirectoryError), even for root.
-    line = assert_one_line_error(normlab_cli(*analyze, str(file / "sub")), f"--out {file}/sub")
+    result, _ = console["out-under-file"]
+    line = assert_one_line_error(result, f"--out {file}/sub")
     assert f"{file} is a file, not a folder" in line
     assert file.read_text() == "not a folder"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert sorted(p.name for p in folder.iterdir()) == ["file"]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, damage):
-    run = tmp_path / "run"
-    run.mkdir()
-    if damage == "garbage":
-        data = b"\x00garbage, not a checkpoint" * 10
-    else:
-        stream = io.BytesIO()
-        torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 0}, stream)
-        data = stream.getvalue()[: len(stream.getvalue()) // 2]
-    (run / "last.pt").write_bytes(data)
-    tiny = ["--model", "resnet20", "--width", "0.25", "--data", "gaussian:3x8x8", "--limit", "8",
-            "--test-limit", "8", "--batch-size", "8"]  # fmt: skip
-    result = normlab_cli("train", *tiny, "--out", str(run), "--resume", "--no-progress")
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(damage, console):
+    result, folder = console[f"resume-{damage}"]
     assert_one_line_error(result, "normlab train: error:", "last.pt is not a readable")
-    assert (run / "last.pt").read_bytes() == data
+    assert (folder / "run" / "last.pt").read_bytes() == _damaged(damage)
+    assert sorted(p.name for p in (folder / "run").iterdir()) == ["last.pt"]
 
 
-def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path):
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, console):
     file = tmp_path / "file"
     file.write_text("x")
-    for argv in (["--debug", "demo", "--out", str(file)], ["demo", "--out", str(file), "--debug"]):
-        result = normlab_cli(*argv)
+    before = normlab_cli("--debug", "demo", "--out", str(file))  # a process of its own
+    after, _ = console["debug-after"]
+    for result in (before, after):
         assert result.returncode == 1
         assert "Traceback" in result.stderr
         assert "ValueError: --out" in result.stderr

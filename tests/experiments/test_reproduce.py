@@ -151,14 +151,23 @@ def fig2_rows(folder: Path, collapse: dict[str, tuple[float, float]]) -> list[di
     return rows
 
 
-def test_fig2_through_training(tmp_path):
+def test_fig2_through_training(tmp_path, monkeypatch):
     paper = {"bn": (0.0, 0.0), "ln": (0.4, 0.6), "gn8": (0.1, 0.2), "ln+pn": (0.02, 0.02),
              "gn8+pn": (0.01, 0.01), "ln+ws": (0.05, 0.3)}  # fmt: skip
     findings = r._analyse_fig2(fig2_rows(tmp_path / "a", paper), tmp_path)
     assert c.overall(findings.claims) == c.REPRODUCED
     assert (tmp_path / "pn_fig2_training.png").exists()
+    assert (tmp_path / "pn_fig2_by_depth.png").exists()
+    # The verdicts where the claims fail: the two figures are built again but not rendered
+    # (rendering them, about 10 s of CPU, is what the call above checks)
+    saved: list[Path] = []
+    monkeypatch.setattr(
+        "normlab.report.training.save_figure",
+        lambda fig, path, *args, **kwargs: saved.append(Path(path)) or [Path(path)],
+    )
     uncollapsed = dict.fromkeys(paper, (0.01, 0.01)) | {"ln+pn": (0.3, 0.3), "ln+ws": (0.05, 0.01)}
     findings = r._analyse_fig2(fig2_rows(tmp_path / "b", uncollapsed), tmp_path)
+    assert [path.name for path in saved] == ["pn_fig2_training", "pn_fig2_by_depth"]
     verdicts = [claim.verdict for claim in findings.claims]
     assert verdicts[:2] == [c.FAILS, c.FAILS]  # LN does not collapse, LN+WS does not drift
     assert verdicts[2:4] == [c.FAILS, c.FAILS]  # LN+PN more collapsed than LN, far from BN
@@ -183,7 +192,9 @@ def tiny_nf(monkeypatch):
     return tiny
 
 
-def test_a_reproduction_end_to_end_and_rerun_reuses_its_runs(tiny_nf, tmp_path, capsys):
+def test_a_reproduction_end_to_end_and_rerun_reuses_its_runs(
+    tiny_nf, tmp_path, capsys, monkeypatch
+):
     args = ["reproduce", "nf-resnet", "--data", "gaussian:1x8x8", "--runs", str(tmp_path / "runs"),
             "--out", str(tmp_path / "docs"), "--max-parallel", "2"]  # fmt: skip
     assert main(args) == 0
@@ -196,10 +207,17 @@ def test_a_reproduction_end_to_end_and_rerun_reuses_its_runs(tiny_nf, tmp_path, 
     assert "![nf_resnet_curves](nf-resnet/nf_resnet_curves.png)" in document
     assert (tmp_path / "docs" / "nf-resnet" / "nf_resnet_curves.png").exists()
     assert "3 finished runs" in document
+    # the rerun's figure is built but not rendered again (the first run rendered it, above)
+    saved: list[Path] = []
+    monkeypatch.setattr(
+        "normlab.report.training.save_figure",
+        lambda fig, path, *args, **kwargs: saved.append(Path(path)) or [Path(path)],
+    )
     outcome = reproduce(
         "nf-resnet", "gaussian:1x8x8", tmp_path / "runs", tmp_path / "docs", on_event=print
     )
     assert capsys.readouterr().out.count("skip") == 3  # every run reused, only the analysis
+    assert [path.name for path in saved] == ["nf_resnet_curves"]
     table = [line for line in document.splitlines() if line.startswith("| ")]
     again = outcome.document.read_text().splitlines()
     assert [line for line in again if line.startswith("| ")] == table

@@ -5,6 +5,7 @@ records it as JSON."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -49,8 +50,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session", autouse=True)
 def console_runs(request, tmp_path_factory):
     """The console probes' subprocesses (test_console.py), started with the package's first probe
-    (they run while the other probes do; the console probes come last), a few at a time, when
-    that file's probes are among the selected tests."""
+    (they run while the other probes do; the console probes come last), when that file's probes
+    are among the selected tests: one subprocess runs every selected case in turn, and each case
+    of FRESH runs again in a process of its own. Maps a case to a function that waits for its
+    runs and returns their ``(folder, CompletedProcess)``."""
     selected = {
         item.callspec.params["case"]
         for item in request.session.items
@@ -59,15 +62,26 @@ def console_runs(request, tmp_path_factory):
     if not selected:
         yield {}
         return
-    from .test_console import SUBPROCESS, run_console
+    from .test_console import FRESH, SUBPROCESS, run_console, run_console_cases
 
-    with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2))) as pool:
-        runs = {}
-        for case in SUBPROCESS:
-            if case in selected:
-                folder = tmp_path_factory.mktemp(f"console-{case}")
-                runs[case] = (folder, pool.submit(run_console, case, folder))
-        yield runs
+    cases = [case for case in SUBPROCESS if case in selected]
+    batched = {case: tmp_path_factory.mktemp(f"console-{case}") for case in cases}
+    results = tmp_path_factory.mktemp("console-batch") / "results.json"
+    with ThreadPoolExecutor(2) as pool:
+        batch = pool.submit(run_console_cases, batched, results)
+        fresh = {}
+        for case in cases:
+            if case in FRESH:
+                folder = tmp_path_factory.mktemp(f"console-fresh-{case}")
+                fresh[case] = (folder, pool.submit(run_console, case, folder))
+
+        def runs(case):
+            done = [(batched[case], batch.result()[case])]
+            if case in fresh:
+                done.append((fresh[case][0], fresh[case][1].result()))
+            return done
+
+        yield {case: functools.partial(runs, case) for case in cases}
 
 
 @pytest.fixture
