@@ -34,7 +34,8 @@ import argparse
 import math
 import re
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -42,17 +43,9 @@ from torch import Tensor, nn
 import normlab
 from normlab.layers.activations import TORCH_ACTIVATIONS
 
-CIFAR = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
-IMAGENET = [
-    (32, 64, 56, 56),
-    (32, 256, 56, 56),
-    (32, 128, 28, 28),
-    (32, 512, 28, 28),
-    (32, 256, 14, 14),
-    (32, 1024, 14, 14),
-    (32, 512, 7, 7),
-    (32, 2048, 7, 7),
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pn_speed import CIFAR, IMAGENET, time_step  # the shapes and the timer
+
 QUICK = [CIFAR[0], CIFAR[2], IMAGENET[6]]
 ACTS = ("relu", "silu", "gelu", "tanh")
 PROBE = (4, 24, 8, 8)
@@ -173,23 +166,6 @@ def modules(channels: int, groups: int, act: str) -> dict[str, nn.Module]:
         for p in pn.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=generator))
     return {"plain": plain, "pn": pn}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_step(module: nn.Module, x: Tensor, grad: Tensor) -> float:
-    """Seconds for one forward and backward pass."""
-    _synchronize(x.device)
-    start = time.perf_counter()
-    module(x).backward(grad)
-    _synchronize(x.device)
-    elapsed = time.perf_counter() - start
-    x.grad = None
-    module.zero_grad(set_to_none=True)
-    return elapsed
 
 
 def measure(

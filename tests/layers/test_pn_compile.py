@@ -170,8 +170,8 @@ def test_backward_tail_costs_what_a_per_channel_affine_costs(pn_compile_speed, a
 @pytest.mark.xfail(
     strict=True,
     reason="known gap (torch 2.13, Inductor's C++ backend): a per-channel affine after φ keeps "
-    "GN's backward from fusing with φ's, in plain PyTorch too (silu(group_norm(x))·a_c + c_c: "
-    "4-5 passes over N·C·H·W against GN+φ's 2; docs/pn-compile.md); strict, so that this "
+    "GN's backward from fusing with φ's, in plain PyTorch too (GN+PN: 3 passes over N·C·H·W, "
+    "4 for silu, against GN+φ's 2; docs/pn-compile.md); strict, so that this "
     "fails once it fuses and the marker must go",
 )
 @pytest.mark.parametrize("act", STRUCTURE_ACTS)
