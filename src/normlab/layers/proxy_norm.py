@@ -10,8 +10,12 @@ How it stays cheap. PN is an affine map of φ(γỹ + β) with per-channel scale
 and shift c = -E·a, computed on C-sized vectors. For relu, a > 0 and positive homogeneity give
 a·relu(γỹ + β) + c = max(aγ·ỹ + (aβ + c), c): the rescaled affine folds into the normalizer's
 native kernel and the whole step becomes one max against a per-channel threshold, whose
-backward saves only the output (as relu does). Any other φ runs φ(u)·a + c as one autograd
-node that saves u only and recomputes φ and φ' in backward.
+backward saves only the output (as relu does): GN (LN, IN) + relu runs as one node with the
+normalizer. After any other normalizer, and for every φ with C++ moments (relu, and the φ of
+the trapezoid), the normalizer applies (γ, β) and one C++ node computes the moments and
+φ(u)·a + c (:func:`~.tails.proxy_norm_step`); elsewhere the moments are computed in Python and
+φ(u)·a + c runs as one node (:func:`~.tails.scale_shift_act`, C++ on CPU) that saves u or the
+output, as φ alone does, and recomputes φ and φ' in backward.
 
 Under a tracer (torch.compile, torch.export, ONNX export, torch.jit.trace; see
 :func:`~normlab._checks.tracing`) the same equations run as standard differentiable ops: no
