@@ -34,9 +34,12 @@ def test_training_on_cpu_uses_the_cpp_node_by_default():
     layer = scheme("gn4+pn").norm_act(8)
     x = torch.randn(2, 8, 5, 5, requires_grad=True)
     assert "CppNode" in node(layer, x)
-    # inputs the kernel does not take run the Python node
+    # channels-last runs native GroupNorm and the C++ step node; other strided inputs, which the
+    # kernels do not take, the Python node
     last = x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    assert node(layer, last) == "GroupNormThresholdPNBackward"
+    assert "ProxyNormStep" in node(layer, last)
+    strided = x.detach().transpose(2, 3).requires_grad_()
+    assert node(layer, strided) == "GroupNormThresholdPNBackward"
     assert compiled.set_compiled_kernels(False) is True  # returns the previous setting
     try:
         assert node(layer, x) == "GroupNormThresholdPNBackward"
