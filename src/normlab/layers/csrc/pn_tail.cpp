@@ -214,6 +214,15 @@ int64_t grain(int64_t inner) { return std::max<int64_t>(1, 32768 / std::max<int6
 
 // ---- the tail: z = φ(u)·a + c, and its backward -----------------------------------------------
 
+// body(i, n) over the vectors of [0, size): the whole ones with n = W, a constant that lets the
+// loads and stores drop their count test, then the remainder, if any.
+template <int64_t W, typename F>
+inline void for_vectors(int64_t size, const F& body) {
+  int64_t i = 0;
+  for (; i + W <= size; i += W) body(i, W);
+  if (i < size) body(i, size - i);
+}
+
 template <typename A, typename T>
 void tail_forward(const T* u, const T* a, const T* c, T* z, const Layout& l) {
   constexpr int64_t W = Vec<T>::size();
@@ -224,10 +233,9 @@ void tail_forward(const T* u, const T* a, const T* c, T* z, const Layout& l) {
         const Vec<T> av(a[ch]), cv(c[ch]);
         const T* up = u + p * l.plane;
         T* zp = z + p * l.plane;
-        for (int64_t i = 0; i < l.plane; i += W) {
-          const int64_t n = std::min(W, l.plane - i);
+        for_vectors<W>(l.plane, [&](int64_t i, int64_t n) {
           at::vec::fmadd(A::value(Vec<T>::loadu(up + i, n)), av, cv).store(zp + i, n);
-        }
+        });
       }
     });
     return;
@@ -236,11 +244,10 @@ void tail_forward(const T* u, const T* a, const T* c, T* z, const Layout& l) {
     for (int64_t r = begin; r < end; ++r) {
       const T* ur = u + r * l.channels;
       T* zr = z + r * l.channels;
-      for (int64_t ch = 0; ch < l.channels; ch += W) {
-        const int64_t n = std::min(W, l.channels - ch);
+      for_vectors<W>(l.channels, [&](int64_t ch, int64_t n) {
         const Vec<T> av = Vec<T>::loadu(a + ch, n), cv = Vec<T>::loadu(c + ch, n);
         at::vec::fmadd(A::value(Vec<T>::loadu(ur + ch, n)), av, cv).store(zr + ch, n);
-      }
+      });
     }
   });
 }
@@ -279,13 +286,13 @@ void tail_backward(const T* g, const T* saved, const T* a, const T* c, T* grad_u
   const int64_t C = l.channels;
   const int64_t threads = at::get_num_threads();
   std::vector<double> partial(threads * 2 * C, 0.0);  // each thread's S_a, S_c
+  std::vector<T> inverse(C);  // 1/a (a > 0: a^2 = 1/(Var + ε))
+  for (int64_t ch = 0; ch < C; ++ch) inverse[ch] = T(1) / a[ch];
   if (!l.channels_last) {
     // A channel's vector accumulators carry over the planes of that channel in a thread's
     // chunk (no horizontal sum per plane, which small planes such as 7×7 would pay for at
     // every plane) and are added into double after at most kFlush values.
     constexpr int64_t kFlush = 4096;
-    std::vector<T> inverse(C);
-    for (int64_t ch = 0; ch < C; ++ch) inverse[ch] = T(1) / a[ch];
     at::parallel_for(0, l.batch * C, grain(l.plane), [&](int64_t begin, int64_t end) {
       double* mine = partial.data() + at::get_thread_num() * 2 * C;
       std::vector<Vec<T>> acc(2 * C, Vec<T>(0));
@@ -300,13 +307,12 @@ void tail_backward(const T* g, const T* saved, const T* a, const T* c, T* grad_u
         const Vec<T> av(a[ch]), cv(c[ch]), inv(inverse[ch]);
         Vec<T> sum_gphi = acc[ch], sum_g = acc[C + ch], gu;
         const int64_t offset = p * l.plane;
-        for (int64_t i = 0; i < l.plane; i += W) {
-          const int64_t n = std::min(W, l.plane - i);
+        for_vectors<W>(l.plane, [&](int64_t i, int64_t n) {
           const Vec<T> gv = Vec<T>::loadu(g + offset + i, n);
           const Vec<T> sv = Vec<T>::loadu(saved + offset + i, n);
           tail_backward_block<A, T>(gv, sv, av, cv, inv, gu, sum_gphi, sum_g);
           gu.store(grad_u + offset + i, n);
-        }
+        });
         acc[ch] = sum_gphi;
         acc[C + ch] = sum_g;
         held[ch] += l.plane;
@@ -321,31 +327,29 @@ void tail_backward(const T* g, const T* saved, const T* a, const T* c, T* grad_u
     // double
     const int64_t rows = l.batch * l.plane;
     constexpr int64_t kBlock = 128;
-  at::parallel_for(0, rows, grain(C), [&](int64_t begin, int64_t end) {
-    double* mine = partial.data() + at::get_thread_num() * 2 * C;
-    std::vector<T> block(2 * C);
-    for (int64_t start = begin; start < end; start += kBlock) {
-      std::fill(block.begin(), block.end(), T(0));
-      for (int64_t r = start; r < std::min(end, start + kBlock); ++r) {
-        const int64_t offset = r * C;
-        for (int64_t ch = 0; ch < C; ch += W) {
-          const int64_t n = std::min(W, C - ch);
-          const Vec<T> av = Vec<T>::loadu(a + ch, n), cv = Vec<T>::loadu(c + ch, n);
-          // inv_a beyond n is 1/0 = inf in the zero-filled lanes, times g = 0: not stored
-          const Vec<T> inv = Vec<T>(T(1)) / select(av == Vec<T>(0), Vec<T>(1), av);
-          Vec<T> sum_gphi = Vec<T>::loadu(block.data() + ch, n);
-          Vec<T> sum_g = Vec<T>::loadu(block.data() + C + ch, n), gu;
-          tail_backward_block<A, T>(Vec<T>::loadu(g + offset + ch, n),
-                                    Vec<T>::loadu(saved + offset + ch, n), av, cv, inv, gu,
-                                    sum_gphi, sum_g);
-          gu.store(grad_u + offset + ch, n);
-          sum_gphi.store(block.data() + ch, n);
-          sum_g.store(block.data() + C + ch, n);
+    at::parallel_for(0, rows, grain(C), [&](int64_t begin, int64_t end) {
+      double* mine = partial.data() + at::get_thread_num() * 2 * C;
+      std::vector<T> block(2 * C);
+      for (int64_t start = begin; start < end; start += kBlock) {
+        std::fill(block.begin(), block.end(), T(0));
+        for (int64_t r = start; r < std::min(end, start + kBlock); ++r) {
+          const int64_t offset = r * C;
+          for_vectors<W>(C, [&](int64_t ch, int64_t n) {
+            const Vec<T> av = Vec<T>::loadu(a + ch, n), cv = Vec<T>::loadu(c + ch, n);
+            const Vec<T> inv = Vec<T>::loadu(inverse.data() + ch, n);
+            Vec<T> sum_gphi = Vec<T>::loadu(block.data() + ch, n);
+            Vec<T> sum_g = Vec<T>::loadu(block.data() + C + ch, n), gu;
+            tail_backward_block<A, T>(Vec<T>::loadu(g + offset + ch, n),
+                                      Vec<T>::loadu(saved + offset + ch, n), av, cv, inv, gu,
+                                      sum_gphi, sum_g);
+            gu.store(grad_u + offset + ch, n);
+            sum_gphi.store(block.data() + ch, n);
+            sum_g.store(block.data() + C + ch, n);
+          });
         }
+        for (int64_t k = 0; k < 2 * C; ++k) mine[k] += static_cast<double>(block[k]);
       }
-      for (int64_t k = 0; k < 2 * C; ++k) mine[k] += static_cast<double>(block[k]);
-    }
-  });
+    });
   }
   std::fill(sums, sums + 2 * C, 0.0);
   for (int64_t t = 0; t < threads; ++t) {
