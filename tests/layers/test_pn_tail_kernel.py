@@ -330,3 +330,28 @@ def test_where_the_kernels_do_not_apply_the_python_path_runs():
         out = layer(x.to(torch.bfloat16).requires_grad_())
     assert "ProxyNormStep" not in out.grad_fn.name()
     assert isinstance(Act(8, "silu"), Act)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "silu"])
+def test_in_place_where_backward_keeps_the_output(act):
+    """With inplace, z overwrites u exactly where the node keeps z (φ' a function of φ), and
+    the gradients are those of the out-of-place node."""
+    activation = get_activation(act)
+    index = KERNEL_ACTIVATIONS.index(act)
+    z, w = trapezoid_nodes(
+        activation.quadrature_nodes, activation.quadrature_half_width, DOUBLE, torch.device("cpu")
+    )
+    kernels = compiled.kernels("normlab_tails")
+    layer = build("bn+pn", act)
+    params = tuple(layer.act.parameters())
+    x = torch.randn(3, 8, 4, 4, dtype=DOUBLE, requires_grad=True)
+    results = []
+    for inplace in (False, True):
+        u = x * 1.5  # a fresh intermediate, as a normalizer's output
+        (out,) = kernels.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, 0.03, True, inplace)
+        assert (out.data_ptr() == u.data_ptr()) == (inplace and act != "silu")
+        grads = torch.autograd.grad(out.sum(), [x, *params])
+        results.append((out.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

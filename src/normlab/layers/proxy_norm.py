@@ -202,7 +202,8 @@ class ProxyNormAct(ActivationStep):
         it does not apply the moments in Python and :func:`~.tails.scale_shift_act`."""
         params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
         try:
-            out = proxy_norm_step(u, params, self.activation, self.eps, finite_checks_enabled())
+            check = finite_checks_enabled()
+            out = proxy_norm_step(u, params, self.activation, self.eps, check, inplace=True)
         except NonFiniteStepError:
             raise self._non_finite_error() from None
         if out is not None:

@@ -186,6 +186,7 @@ def proxy_norm_step(
     act: Activation,
     eps: float,
     check_finite: bool,
+    inplace: bool = False,
 ) -> Tensor | None:
     """PN's activation step z = φ(u)·a + c (PN paper Eq. 7) from u = γỹ + β and ``params`` =
     (γ, β, β̃, γ̃), with a, c from the exact proxy moments, as one C++ autograd node; None where
@@ -193,7 +194,10 @@ def proxy_norm_step(
     (only relu and the φ computed by the trapezoid have them), u or the parameters unfit for
     the kernels (see :func:`_tail_kernels`), or some channel with |γ(1 + γ̃)| beyond the
     trapezoid's range (:data:`~.gaussian.SPLIT_SCALE`), where the split takes over. Raises
-    :class:`NonFiniteStepError` when ``check_finite`` and c is not finite."""
+    :class:`NonFiniteStepError` when ``check_finite`` and c is not finite. With ``inplace``
+    (u a fresh intermediate that no backward needs, as a :class:`~.act.Plan`'s tail receives)
+    z overwrites u where the node keeps z for backward (φ' a function of φ: relu, tanh, ...),
+    which saves an allocation, as ``nn.ReLU(inplace=True)`` does."""
     index = kernel_activation(act)
     if index is None or not (act.name == "relu" or act.closed_form is None):
         return None
@@ -204,7 +208,9 @@ def proxy_norm_step(
         act.quadrature_nodes, act.quadrature_half_width, torch.float64, torch.device("cpu")
     )
     try:
-        out = compiled.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, eps, check_finite)
+        out = compiled.proxy_norm_step(
+            u, *params, index, z, w, SPLIT_SCALE, eps, check_finite, inplace
+        )
     except ValueError as error:  # the kernel's only ValueError
         raise NonFiniteStepError(str(error)) from None
     return out[0] if out else None

@@ -560,8 +560,10 @@ Tensor empty_like_layout(const Tensor& u) {
                                                       : at::MemoryFormat::Contiguous);
 }
 
-Tensor run_tail(const Tensor& u, const Tensor& scale, const Tensor& shift, int64_t act) {
-  Tensor z = empty_like_layout(u);
+// z = φ(u)·a + c into a new tensor, or into u itself when `in_place`.
+Tensor run_tail(const Tensor& u, const Tensor& scale, const Tensor& shift, int64_t act,
+                bool in_place = false) {
+  Tensor z = in_place ? u : empty_like_layout(u);
   const Layout l = layout_of(u);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "normlab_pn_tail", [&] {
     dispatch_act(act, [&](auto a) {
@@ -627,7 +629,7 @@ class ProxyNormStep : public torch::autograd::Function<ProxyNormStep> {
                              const Tensor& beta, const Tensor& proxy_beta,
                              const Tensor& proxy_gamma, int64_t act, const Tensor& nodes,
                              const Tensor& weights, double split, double eps,
-                             bool check_finite) {
+                             bool check_finite, bool inplace) {
     check_tail_input(u, {gamma, beta, proxy_beta, proxy_gamma});
     const int64_t channels = u.size(1);
     Tensor store = at::empty({channels, 10}, gamma.options().dtype(at::kDouble));
@@ -648,7 +650,11 @@ class ProxyNormStep : public torch::autograd::Function<ProxyNormStep> {
     });
     // c = −E·a is non-finite whenever a parameter is; the caller names them (a ValueError)
     TORCH_CHECK_VALUE(finite || !check_finite, "non-finite Proxy Normalization parameters");
-    Tensor z = run_tail(u, scale, shift, act);
+    // where backward keeps z, z may take u's place (u is then a fresh normalizer output that
+    // nothing else reads); where it keeps u, z is new
+    const bool in_place = inplace && saves_output(act);
+    Tensor z = run_tail(u, scale, shift, act, in_place);
+    if (in_place) ctx->mark_dirty({z});
     ctx->save_for_backward({saves_output(act) ? z : u, scale, shift, store});
     ctx->saved_data["act"] = act;
     return z;
@@ -678,8 +684,8 @@ class ProxyNormStep : public torch::autograd::Function<ProxyNormStep> {
       o[3 * channels + ch] = grad_s * st.gamma;
     }
     out = out.to(scale.scalar_type());
-    return {grad_u, out[0], out[1], out[2], out[3], Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor()};
+    return {grad_u,   out[0],   out[1],   out[2],   out[3],  Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -690,11 +696,11 @@ Tensor scale_shift_act(const Tensor& u, const Tensor& scale, const Tensor& shift
 tensor_list proxy_norm_step(const Tensor& u, const Tensor& gamma, const Tensor& beta,
                             const Tensor& proxy_beta, const Tensor& proxy_gamma, int64_t act,
                             const Tensor& nodes, const Tensor& weights, double split, double eps,
-                            bool check_finite) {
+                            bool check_finite, bool inplace) {
   check_tail_input(u, {gamma, beta, proxy_beta, proxy_gamma});
   if (act != kRelu && !all_near(gamma, proxy_gamma, split)) return {};  // relu: closed form
   return {ProxyNormStep::apply(u, gamma, beta, proxy_beta, proxy_gamma, act, nodes, weights, split,
-                               eps, check_finite)};
+                               eps, check_finite, inplace)};
 }
 
 // The per-channel steps as a (C, 10) double tensor (a, c, E, ∂E/∂μ, ∂E/∂s, ∂Var/∂μ, ∂Var/∂s,
@@ -724,5 +730,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("proxy_norm_step", &proxy_norm_step,
         "PN's activation step from u = γỹ + β and (γ, β, β̃, γ̃) as one autograd node: returns "
         "[z], or [] when some |γ(1 + γ̃)| exceeds split; raises ValueError for non-finite "
-        "parameters when check_finite");
+        "parameters when check_finite; with inplace, z overwrites u where backward keeps z",
+        py::arg("u"), py::arg("gamma"), py::arg("beta"), py::arg("proxy_beta"),
+        py::arg("proxy_gamma"), py::arg("act"), py::arg("nodes"), py::arg("weights"),
+        py::arg("split"), py::arg("eps"), py::arg("check_finite"), py::arg("inplace") = false);
 }
