@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pn_speed.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def pn_speed():
-    spec = importlib.util.spec_from_file_location("pn_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pn_speed")
 
 
 @pytest.mark.parametrize("act", ["relu", "gelu"])
@@ -53,10 +47,7 @@ def test_naive_pn_is_eq7_with_the_reference_moments(pn_speed):
 
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_train_speed_table(clock):
-    path = SCRIPT.with_name("train_speed.py")
-    spec = importlib.util.spec_from_file_location("train_speed", path)
-    train_speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_speed)
+    train_speed = load_benchmark("train_speed")
     results = train_speed.measure("resnet20", 8, 4, 2, "cpu", rounds=2, clock=clock)
     assert list(results) == train_speed.SCHEMES
     for harness, bare, overhead in results.values():
@@ -77,10 +68,7 @@ def test_train_speed_table(clock):
 
 
 def test_diagnostics_speed_table():
-    path = SCRIPT.with_name("diagnostics_speed.py")
-    spec = importlib.util.spec_from_file_location("diagnostics_speed", path)
-    diagnostics_speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnostics_speed)
+    diagnostics_speed = load_benchmark("diagnostics_speed")
     model = diagnostics_speed.models.create("resnet20", norm="gn8+pn").eval()
     times = diagnostics_speed.measure(model, torch.randn(2, 3, 16, 16), rounds=2)
     assert list(times) == ["forward", "power", "variance", "spp"]
@@ -93,10 +81,7 @@ def test_diagnostics_speed_table():
 
 
 def test_model_step_table():
-    path = SCRIPT.with_name("model_step_speed.py")
-    spec = importlib.util.spec_from_file_location("model_step_speed", path)
-    model_step_speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(model_step_speed)
+    model_step_speed = load_benchmark("model_step_speed")
     schemes = ["bn", "gn8", "gn8+pn"]
     results = model_step_speed.measure("resnet20", schemes, 2, 16, torch.device("cpu"), 2)
     assert list(results) == schemes

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from normlab import scheme
+from tests.benchmark_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pn_compile_speed.py"
 SPECS = ("gn8+pn", "ln+pn", "bn+pn")
 ACTS = ("relu", "silu", "gelu", "tanh")
 DEFAULT = {("gn8+pn", "silu"), ("ln+pn", "tanh"), ("bn+pn", "relu")}
@@ -47,10 +45,7 @@ pytestmark = pytest.mark.skipif(_inductor_compiler() is not None, reason=_induct
 
 @pytest.fixture(scope="module")
 def pn_compile_speed():
-    spec = importlib.util.spec_from_file_location("pn_compile_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pn_compile_speed")
 
 
 def pn_module(spec: str, act: str, channels: int = SHAPE[1]) -> nn.Module:
