@@ -685,6 +685,14 @@ def channel_view(t: Tensor, ndim: int) -> Tensor:
     return t.view((1, -1) + (1,) * (ndim - 2))
 
 
+def batch_channel_view(t: Tensor, like: Tensor) -> Tensor:
+    """A per-channel vector (C,) broadcast to (N, C, 1, ..., 1) for ``like`` = (N, C, *spatial):
+    under Inductor (torch 2.13) a per-channel factor expanded over the batch lets the backward
+    reduce its gradient in one loop with the elementwise work around it, where a (1, C, 1, ...)
+    view takes a separate pass over the activations."""
+    return channel_view(t, like.dim()).expand(like.shape[0], -1, *(1,) * (like.dim() - 2))
+
+
 def channel_sum(t: Tensor) -> Tensor:
     """Σ over (N, *spatial) for each channel of an (N, C, *spatial) tensor; summing the batch
     first is about twice as fast on CPU as one reduction over the strided dims."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import channel_sum, channel_view, first_order_only, tracing
+from .._checks import batch_channel_view, channel_sum, channel_view, first_order_only, tracing
 from .compiled import kernels
 from .gaussian import MomentRule
 from .tails import masked_grad
@@ -137,5 +137,4 @@ def traced_group_norm_threshold_pn(
     and export, ONNX and TorchScript see ATen ops only."""
     (weight, bias, shift), _ = fold(*params, eps, rule)
     out = F.group_norm(x, groups, weight, bias, norm_eps)
-    batch = (x.shape[0], -1, *(1,) * (x.dim() - 2))  # see tails.scale_shift_act
-    return torch.clamp_min(out, channel_view(shift, x.dim()).expand(batch))
+    return torch.clamp_min(out, batch_channel_view(shift, x))

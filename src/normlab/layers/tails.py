@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import channel_sum, channel_view, first_order_only, tracing
+from .._checks import batch_channel_view, channel_sum, channel_view, first_order_only, tracing
 from .activations import Activation, get_activation
 from .compiled import kernels
 from .gaussian import SPLIT_SCALE, trapezoid_nodes
@@ -136,6 +136,7 @@ class _ScaleShiftAct(torch.autograd.Function):
 
 
 _WIDE = (torch.float32, torch.float64)
+_CPU = torch.device("cpu")
 
 
 def kernel_activation(act: Activation) -> int | None:
@@ -163,11 +164,7 @@ def scale_shift_act(u: Tensor, scale: Tensor, shift: Tensor, act: Activation) ->
     """φ(u)·scale + shift with per-channel scale and shift (shape (C,)), scale > 0; while
     tracing, the same three ops, differentiated by autograd."""
     if tracing():
-        # a and c broadcast over the batch first: Inductor (torch 2.13) then reduces their
-        # gradients in one pass with φ's backward instead of a separate one
-        batch = (u.shape[0], -1, *(1,) * (u.dim() - 2))
-        scale_view = channel_view(scale, u.dim()).expand(batch)
-        return act.fn(u) * scale_view + channel_view(shift, u.dim()).expand(batch)
+        return act.fn(u) * batch_channel_view(scale, u) + batch_channel_view(shift, u)
     index = kernel_activation(act)
     compiled = None if index is None else _tail_kernels(u, (scale, shift))
     if compiled is not None:
@@ -204,9 +201,7 @@ def proxy_norm_step(
     compiled = _tail_kernels(u, params)
     if compiled is None or any(not p.is_contiguous() for p in params):
         return None
-    z, w = trapezoid_nodes(
-        act.quadrature_nodes, act.quadrature_half_width, torch.float64, torch.device("cpu")
-    )
+    z, w = trapezoid_nodes(act.quadrature_nodes, act.quadrature_half_width, torch.float64, _CPU)
     try:
         out = compiled.proxy_norm_step(
             u, *params, index, z, w, SPLIT_SCALE, eps, check_finite, inplace
