@@ -500,10 +500,12 @@ void channel_steps(int64_t act, const T* g, const T* b, const T* pb, const T* pg
   }
   Grids grids(nodes, weights, split);
   std::vector<size_t> grid(blocks, 0);
-  for (int64_t ch = 0; ch < channels; ++ch) {
-    grid[ch / W] = std::max(grid[ch / W], grids.index(s[ch]));
+  if (act != kRelu) {  // relu's moments are in closed form
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      grid[ch / W] = std::max(grid[ch / W], grids.index(s[ch]));
+    }
+    for (size_t i : grid) grids.build(i);
   }
-  for (size_t i : grid) grids.build(i);
   std::vector<ChannelMoments> moments(channels);
   at::parallel_for(0, blocks, 8, [&](int64_t begin, int64_t end) {
     std::vector<Vec<double>> phi(nodes.numel()), slope(nodes.numel());
