@@ -121,12 +121,47 @@ def test_step_node_gradcheck(act):
         (0.5 * torch.randn(4, generator=gen, dtype=DOUBLE)).requires_grad_() for _ in range(3)
     )
 
-    def step(u, gamma, beta, proxy_beta, proxy_gamma):
+    def step(u, gamma, beta, proxy_beta, proxy_gamma):  # z and the scale a, both outputs
         params = (gamma, beta, proxy_beta, proxy_gamma)
-        (out,) = kernels.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, 0.03, True)
-        return out
+        return tuple(kernels.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, 0.03, True))
 
     assert torch.autograd.gradcheck(step, (u, gamma, beta, proxy_beta, proxy_gamma))
+
+
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu", "tanh", "elu"])
+@pytest.mark.parametrize("spec", ["bn", "gn4", "ln"])
+def test_forward_with_scale_is_the_output_and_the_scale_of_eq7(spec, act, reference):
+    """NormAct.forward_with_scale: (z, a) equal to (layer(x), a = (Var + ε)^(-1/2)) of the Python
+    path, with the gradients of a loss reading both (a's own gradient reaches γ, β, β̃, γ̃
+    through the node's Jacobian), in float64; a from the step node itself where it runs."""
+    layer = build(f"{spec}+pn", act)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 8, 5, 3, generator=gen, dtype=DOUBLE) * 2 + 0.5
+    weights = torch.randn(x.shape, generator=gen, dtype=DOUBLE), torch.randn(8, dtype=DOUBLE)
+
+    def run():
+        leaf = x.clone().requires_grad_()
+        z, a = layer.forward_with_scale(leaf)
+        loss = (z * weights[0]).sum() + (a * weights[1]).sum()
+        return z.detach(), a.detach(), torch.autograd.grad(loss, [leaf, *layer.parameters()])
+
+    z, a, grads = run()
+    with reference:
+        ref_z, ref_a, ref_grads = run()
+    torch.testing.assert_close(z, layer(x).detach(), rtol=0, atol=0)
+    torch.testing.assert_close(z, ref_z, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(a, layer.act.scale_shift()[0].detach(), rtol=1e-9, atol=0)
+    torch.testing.assert_close(a, ref_a, rtol=1e-9, atol=0)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-7, atol=1e-9)
+    one_node = act != "elu" and not (act == "relu" and spec != "bn")
+    leaf = x.clone().requires_grad_()
+    assert ("ProxyNormStep" in layer.forward_with_scale(leaf)[1].grad_fn.name()) == one_node
+
+
+def test_forward_with_scale_needs_proxy_normalization():
+    with pytest.raises(TypeError, match=r"ProxyNormAct.*got Act"):
+        scheme("gn4", act="silu").norm_act(8).forward_with_scale(torch.randn(2, 8, 3, 3))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
@@ -269,7 +304,7 @@ def test_empty_batch(channels_last):
     u.requires_grad_()
     z, w = trapezoid_nodes(48, 7.5, DOUBLE, torch.device("cpu"))
     index = KERNEL_ACTIVATIONS.index("silu")
-    (out,) = kernels.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, 0.03, True)
+    out, _ = kernels.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, 0.03, True)
     assert out.shape == u.shape
     grads = torch.autograd.grad(out.sum(), [u, *params])
     assert grads[0].shape == u.shape
@@ -348,7 +383,7 @@ def test_in_place_where_backward_keeps_the_output(act):
     results = []
     for inplace in (False, True):
         u = x * 1.5  # a fresh intermediate, as a normalizer's output
-        (out,) = kernels.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, 0.03, True, inplace)
+        out, _ = kernels.proxy_norm_step(u, *params, index, z, w, SPLIT_SCALE, 0.03, True, inplace)
         assert (out.data_ptr() == u.data_ptr()) == (inplace and act != "silu")
         grads = torch.autograd.grad(out.sum(), [x, *params])
         results.append((out.detach(), grads))

@@ -18,6 +18,7 @@ from torch.nn.modules import module as _module
 from .._checks import check_same_device, reference_tensor
 from .act import ActivationStep
 from .base import Normalization
+from .proxy_norm import ProxyNormAct
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _GLOBAL_HOOK_DICTS = (
@@ -68,11 +69,28 @@ class NormAct(nn.Module):
         return self.norm.num_channels
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self._fused(x):
+            return self.act(self.norm(x))
+        return self.act.after(self.norm, x)
+
+    def forward_with_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(self(x), a) for a Proxy Normalization step: its output with the per-channel scale
+        a = (Var + ε)^(-1/2) of PN Eq. 7, both differentiable, computed once (see
+        :meth:`~normlab.layers.ProxyNormAct.after_with_scale`)."""
+        if not isinstance(self.act, ProxyNormAct):
+            raise TypeError(
+                f"forward_with_scale needs a ProxyNormAct activation step, got "
+                f"{type(self.act).__name__}: only Proxy Normalization has a scale a"
+            )
+        if not self._fused(x):
+            return self.act(self.norm(x)), self.act.scale_shift()[0]
+        return self.act.after_with_scale(self.norm, x)
+
+    def _fused(self, x: Tensor) -> bool:
+        """Check x's type and device; whether the fused path runs (nothing observes the steps)."""
         if not isinstance(x, Tensor):  # checked before the fused path reads x
             raise TypeError(
                 f"{type(self.norm).__name__} expects a torch.Tensor, got {type(x).__name__}"
             )
         check_same_device(type(self.norm).__name__, x, reference_tensor(self.act))
-        if not self.fuse or is_observed(self.norm) or is_observed(self.act):
-            return self.act(self.norm(x))
-        return self.act.after(self.norm, x)
+        return self.fuse and not is_observed(self.norm) and not is_observed(self.act)

@@ -200,6 +200,10 @@ class ProxyNormAct(ActivationStep):
     def _step(self, u: Tensor) -> Tensor:
         """The tail of the one-node plan, u = γỹ + β: :func:`~.tails.proxy_norm_step`, or where
         it does not apply the moments in Python and :func:`~.tails.scale_shift_act`."""
+        return self._step_with_scale(u)[0]
+
+    def _step_with_scale(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_step`'s z with the scale a it applied."""
         params = (self.gamma, self.beta, self.proxy_beta, self.proxy_gamma)
         try:
             check = finite_checks_enabled()
@@ -209,7 +213,15 @@ class ProxyNormAct(ActivationStep):
         if out is not None:
             return out
         scale, shift = self.scale_shift()
-        return scale_shift_act(u, scale, shift, self.activation)
+        return scale_shift_act(u, scale, shift, self.activation), scale
+
+    def after_with_scale(self, norm: Normalization, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(PN(norm(x)), a) with a = (Var + ε)^(-1/2) the per-channel scale of Eq. 7, both
+        differentiable, for models that read a (EfficientNet's squeeze-excite): where the
+        moments and the tail run as one node, a is that node's, else :meth:`scale_shift`'s."""
+        if self._steps_in_one_node and not self._fuses_with_group_norm(norm, x):
+            return self._step_with_scale(norm.normalize(x, self.gamma, self.beta))
+        return self.after(norm, x), self.scale_shift()[0]
 
     def _check_finite(self, shift: Tensor) -> None:
         """Raise, naming the parameters, when checks are on and c is not finite."""

@@ -184,9 +184,10 @@ def proxy_norm_step(
     eps: float,
     check_finite: bool,
     inplace: bool = False,
-) -> Tensor | None:
+) -> tuple[Tensor, Tensor] | None:
     """PN's activation step z = φ(u)·a + c (PN paper Eq. 7) from u = γỹ + β and ``params`` =
-    (γ, β, β̃, γ̃), with a, c from the exact proxy moments, as one C++ autograd node; None where
+    (γ, β, β̃, γ̃), with a, c from the exact proxy moments, as one C++ autograd node returning
+    (z, a), a = (Var + ε)^(-1/2) per channel and differentiable as z is; None where
     it does not apply, and the caller computes the moments in Python: no C++ moments for φ
     (only relu and the φ computed by the trapezoid have them), u or the parameters unfit for
     the kernels (see :func:`_tail_kernels`), or some channel with |γ(1 + γ̃)| beyond the
@@ -208,4 +209,4 @@ def proxy_norm_step(
         )
     except ValueError as error:  # the kernel's only ValueError
         raise NonFiniteStepError(str(error)) from None
-    return out[0] if out else None
+    return (out[0], out[1]) if out else None

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import channel_view
-from ..layers import ProxyNormAct
+from ..layers import NormAct, ProxyNormAct
 from ..scheme import Scheme
 from ._common import (
     ChannelScale,
@@ -139,11 +139,13 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(self.expand(self.act(self.reduce(pooled))))
 
 
-def proxy_scale(norm_act: nn.Module) -> Tensor | None:
-    """PN's per-channel scale a = (Var + ε)^(-1/2) of a NormAct whose activation step is a
-    :class:`~normlab.layers.ProxyNormAct`; None for any other module."""
-    step = getattr(norm_act, "act", None)
-    return step.scale_shift()[0] if isinstance(step, ProxyNormAct) else None
+def with_proxy_scale(norm_act: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(norm_act(x), a): with a = (Var + ε)^(-1/2) PN's per-channel scale where ``norm_act`` is
+    a NormAct whose activation step is a :class:`~normlab.layers.ProxyNormAct` (computed with
+    the output, once), None for any other module."""
+    if isinstance(norm_act, NormAct) and isinstance(norm_act.act, ProxyNormAct):
+        return norm_act.forward_with_scale(x)
+    return norm_act(x), None
 
 
 def projection_norm(L: Layers, channels: int) -> nn.Module:
@@ -190,8 +192,8 @@ class MBConv(nn.Module):
         out = x
         if self.conv_expand is not None:
             out = self.norm_act_expand(self.conv_expand(out))
-        out = self.norm_act_dw(self.conv_dw(out))
-        out = self.se(out, proxy_scale(self.norm_act_dw))
+        out, scale = with_proxy_scale(self.norm_act_dw, self.conv_dw(out))
+        out = self.se(out, scale)
         out = self.norm_project(self.conv_project(out))
         return x + self.drop_path(out) if self.residual else out
 

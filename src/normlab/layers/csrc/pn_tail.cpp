@@ -627,7 +627,9 @@ class ScaleShiftAct : public torch::autograd::Function<ScaleShiftAct> {
 
 class ProxyNormStep : public torch::autograd::Function<ProxyNormStep> {
  public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& u, const Tensor& gamma,
+  // returns {z, a}: a, the per-channel scale, is an output of its own (differentiable) for
+  // models that read it (EfficientNet's squeeze-excite divides its pooled input by a)
+  static tensor_list forward(AutogradContext* ctx, const Tensor& u, const Tensor& gamma,
                              const Tensor& beta, const Tensor& proxy_beta,
                              const Tensor& proxy_gamma, int64_t act, const Tensor& nodes,
                              const Tensor& weights, double split, double eps,
@@ -659,15 +661,19 @@ class ProxyNormStep : public torch::autograd::Function<ProxyNormStep> {
     if (in_place) ctx->mark_dirty({z});
     ctx->save_for_backward({saves_output(act) ? z : u, scale, shift, store});
     ctx->saved_data["act"] = act;
-    return z;
+    return {z, scale};
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     check_first_order("normlab's ProxyNormStep");
+    // a's own gradient adds to Σ g·φ(u), z's gradient with respect to a
+    const Tensor grad_scale = grads[1].defined() ? grads[1].to(at::kDouble).contiguous() : Tensor();
+    const double* ga = grad_scale.defined() ? grad_scale.data_ptr<double>() : nullptr;
     const auto saved = ctx->get_saved_variables();
     const Tensor &scale = saved[1], &shift = saved[2];
+    const Tensor grad_z = grads[0].defined() ? grads[0] : at::zeros_like(saved[0]);
     auto [grad_u, sums] =
-        run_tail_backward(grads[0], saved[0], scale, shift, ctx->saved_data["act"].toInt());
+        run_tail_backward(grad_z, saved[0], scale, shift, ctx->saved_data["act"].toInt());
     const int64_t channels = scale.numel();
     const auto* steps = reinterpret_cast<const ChannelStep*>(saved[3].data_ptr<double>());
     const double* s = sums.data_ptr<double>();
@@ -675,7 +681,7 @@ class ProxyNormStep : public torch::autograd::Function<ProxyNormStep> {
     double* o = out.data_ptr<double>();
     for (int64_t ch = 0; ch < channels; ++ch) {
       const ChannelStep& st = steps[ch];
-      const double s_a = s[ch], s_c = s[channels + ch];
+      const double s_a = s[ch] + (ga ? ga[ch] : 0.0), s_c = s[channels + ch];
       const double grad_mean = -st.scale * s_c;
       const double grad_var = -0.5 * st.scale * st.scale * st.scale * (s_a - st.mean * s_c);
       const double grad_mu = st.mean_mu * grad_mean + st.var_mu * grad_var;
@@ -701,8 +707,8 @@ tensor_list proxy_norm_step(const Tensor& u, const Tensor& gamma, const Tensor& 
                             bool check_finite, bool inplace) {
   check_tail_input(u, {gamma, beta, proxy_beta, proxy_gamma});
   if (act != kRelu && !all_near(gamma, proxy_gamma, split)) return {};  // relu: closed form
-  return {ProxyNormStep::apply(u, gamma, beta, proxy_beta, proxy_gamma, act, nodes, weights, split,
-                               eps, check_finite, inplace)};
+  return ProxyNormStep::apply(u, gamma, beta, proxy_beta, proxy_gamma, act, nodes, weights, split,
+                              eps, check_finite, inplace);
 }
 
 // The per-channel steps as a (C, 10) double tensor (a, c, E, ∂E/∂μ, ∂E/∂s, ∂Var/∂μ, ∂Var/∂s,
@@ -731,7 +737,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "γ) as a (C, 10) double tensor");
   m.def("proxy_norm_step", &proxy_norm_step,
         "PN's activation step from u = γỹ + β and (γ, β, β̃, γ̃) as one autograd node: returns "
-        "[z], or [] when some |γ(1 + γ̃)| exceeds split; raises ValueError for non-finite "
+        "[z, a] (a the per-channel scale, differentiable), or [] when some |γ(1 + γ̃)| exceeds split; raises ValueError for non-finite "
         "parameters when check_finite; with inplace, z overwrites u where backward keeps z",
         py::arg("u"), py::arg("gamma"), py::arg("beta"), py::arg("proxy_beta"),
         py::arg("proxy_gamma"), py::arg("act"), py::arg("nodes"), py::arg("weights"),
