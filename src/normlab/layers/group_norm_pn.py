@@ -33,7 +33,7 @@ from torch import Tensor
 from .._checks import batch_channel_view, channel_sum, channel_view, first_order_only, tracing
 from .compiled import kernels
 from .gaussian import MomentRule
-from .tails import masked_grad
+from .tails import NonFiniteShiftError, masked_grad
 from .threshold_fold import fold, fold_vjp, threshold_is_finite
 
 
@@ -77,10 +77,6 @@ class GroupNormThresholdPN(torch.autograd.Function):
         return grad_x, *grads, None, None, None, None
 
 
-class NonFiniteFoldError(ValueError):
-    """PN's threshold c = -E·a came out non-finite: some PN parameter is (the caller names it)."""
-
-
 def group_norm_threshold_pn(
     x: Tensor,
     params: tuple[Tensor, Tensor, Tensor, Tensor],
@@ -95,7 +91,7 @@ def group_norm_threshold_pn(
     Runs normlab's C++ node (:mod:`normlab.layers.compiled`) for contiguous float32/float64 CPU
     tensors, and :class:`GroupNormThresholdPN` otherwise; while tracing (torch.compile,
     torch.export, jit.trace), :func:`traced_group_norm_threshold_pn`. Raises
-    :class:`NonFiniteFoldError` when ``check_finite`` and the threshold is not finite."""
+    :class:`NonFiniteShiftError` when ``check_finite`` and the threshold is not finite."""
     if tracing():
         return traced_group_norm_threshold_pn(x, params, groups, norm_eps, eps, rule)
     compiled = kernels() if _compiled_kernel_applies(x, params) else None
@@ -105,11 +101,11 @@ def group_norm_threshold_pn(
                 x, *params, groups, norm_eps, eps, check_finite
             )
         except ValueError as error:  # the kernel's only ValueError
-            raise NonFiniteFoldError(str(error)) from None
+            raise NonFiniteShiftError(str(error)) from None
         return out
     out, shift = GroupNormThresholdPN.apply(x, *params, groups, norm_eps, eps, rule)
     if check_finite and not threshold_is_finite(shift):
-        raise NonFiniteFoldError("non-finite Proxy Normalization parameters")
+        raise NonFiniteShiftError("non-finite Proxy Normalization parameters")
     return out
 
 

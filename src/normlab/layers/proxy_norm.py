@@ -42,9 +42,9 @@ from .activations import Activation
 from .base import Normalization
 from .compiled import kernels
 from .group_norm import GroupNorm
-from .group_norm_pn import NonFiniteFoldError, group_norm_threshold_pn
+from .group_norm_pn import group_norm_threshold_pn
 from .proxy_moments import METHODS, REFERENCE_POINTS, MomentMethod, proxy_moments
-from .tails import NonFiniteStepError, channel_max, proxy_norm_step, scale_shift_act
+from .tails import NonFiniteShiftError, channel_max, proxy_norm_step, scale_shift_act
 from .threshold_fold import ThresholdFold, fold, threshold_is_finite
 
 DEFAULT_EPS = 0.03
@@ -133,7 +133,7 @@ class ProxyNormAct(ActivationStep):
             return group_norm_threshold_pn(
                 x, params, norm.num_groups, norm.eps, self.eps, rule, check
             )
-        except NonFiniteFoldError:
+        except NonFiniteShiftError:
             raise self._non_finite_error() from None
 
     def _fuses_with_group_norm(self, norm: Normalization, x: Tensor) -> bool:
@@ -208,7 +208,7 @@ class ProxyNormAct(ActivationStep):
         try:
             check = finite_checks_enabled()
             out = proxy_norm_step(u, params, self.activation, self.eps, check, inplace=True)
-        except NonFiniteStepError:
+        except NonFiniteShiftError:
             raise self._non_finite_error() from None
         if out is not None:
             return out

@@ -172,9 +172,10 @@ def scale_shift_act(u: Tensor, scale: Tensor, shift: Tensor, act: Activation) ->
     return _ScaleShiftAct.apply(u, scale, shift, act)
 
 
-class NonFiniteStepError(ValueError):
-    """PN's shift c = -E·a came out non-finite in :func:`proxy_norm_step` (the caller names
-    the parameters)."""
+class NonFiniteShiftError(ValueError):
+    """PN's shift c = -E·a came out non-finite in one of the C++ nodes (:func:`proxy_norm_step`,
+    :func:`~.group_norm_pn.group_norm_threshold_pn`): some PN parameter is, and the caller
+    names it."""
 
 
 def proxy_norm_step(
@@ -192,7 +193,7 @@ def proxy_norm_step(
     (only relu and the φ computed by the trapezoid have them), u or the parameters unfit for
     the kernels (see :func:`_tail_kernels`), or some channel with |γ(1 + γ̃)| beyond the
     trapezoid's range (:data:`~.gaussian.SPLIT_SCALE`), where the split takes over. Raises
-    :class:`NonFiniteStepError` when ``check_finite`` and c is not finite. With ``inplace``
+    :class:`NonFiniteShiftError` when ``check_finite`` and c is not finite. With ``inplace``
     (u a fresh intermediate that no backward needs, as a :class:`~.act.Plan`'s tail receives)
     z overwrites u where the node keeps z for backward (φ' a function of φ: relu, tanh, ...),
     which saves an allocation, as ``nn.ReLU(inplace=True)`` does."""
@@ -208,5 +209,5 @@ def proxy_norm_step(
             u, *params, index, z, w, SPLIT_SCALE, eps, check_finite, inplace
         )
     except ValueError as error:  # the kernel's only ValueError
-        raise NonFiniteStepError(str(error)) from None
+        raise NonFiniteShiftError(str(error)) from None
     return (out[0], out[1]) if out else None
