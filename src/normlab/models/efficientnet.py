@@ -143,9 +143,11 @@ def with_proxy_scale(norm_act: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | N
     """(norm_act(x), a): with a = (Var + ε)^(-1/2) PN's per-channel scale where ``norm_act`` is
     a NormAct whose activation step is a :class:`~normlab.layers.ProxyNormAct` (computed with
     the output, once), None for any other module."""
-    if isinstance(norm_act, NormAct) and isinstance(norm_act.act, ProxyNormAct):
-        return norm_act.forward_with_scale(x)
-    return norm_act(x), None
+    if not (isinstance(norm_act, NormAct) and isinstance(norm_act.act, ProxyNormAct)):
+        return norm_act(x), None
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (fold): the NormAct stays one call
+        return norm_act(x), norm_act.act.scale_shift()[0]
+    return norm_act.forward_with_scale(x)
 
 
 def projection_norm(L: Layers, channels: int) -> nn.Module:
