@@ -119,7 +119,24 @@ struct Tanh {
     phi = value(u);
     slope = slope_of_value(phi);
   }
+  // for the moments' nodes: tanh(u) = 1 − 2/(e^{2u} + 1), one exp (Sleef's tanh costs some 2.5
+  // exps); its error is absolute, ≤ 3e-16, which sums to the same below the trapezoid's own
+  template <typename V> static void node_value_slope(V u, V& phi, V& slope) {
+    phi = V(1) - V(2) / ((u + u).exp() + V(1));
+    slope = slope_of_value(phi);
+  }
 };
+
+// φ and φ' at the moments' quadrature nodes: value_slope, or a cheaper form of equal accuracy
+// in the sums (tanh's node_value_slope)
+template <typename A, typename V>
+void node_value_slope(V u, V& phi, V& slope) {
+  if constexpr (std::is_same_v<A, Tanh>) {
+    A::node_value_slope(u, phi, slope);
+  } else {
+    A::value_slope(u, phi, slope);
+  }
+}
 
 struct Sigmoid {
   static constexpr bool kSavesOutput = true;
@@ -395,7 +412,7 @@ void trapezoid_moments(const double* mu_in, const double* s_in, int64_t lanes, c
   const V mu = V::loadu(mu_in, lanes), s = V::loadu(s_in, lanes);
   V mean(0);
   for (int64_t k = 0; k < count; ++k) {
-    A::value_slope(at::vec::fmadd(V(z[k]), s, mu), phi[k], slope[k]);
+    node_value_slope<A>(at::vec::fmadd(V(z[k]), s, mu), phi[k], slope[k]);
     mean = at::vec::fmadd(V(w[k]), phi[k], mean);
   }
   V var(0), mean_mu(0), mean_s(0), var_mu(0), var_s(0);
