@@ -684,7 +684,8 @@ class ProxyNormStep : public torch::autograd::Function<ProxyNormStep> {
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     check_first_order("normlab's ProxyNormStep");
     // a's own gradient adds to Σ g·φ(u), z's gradient with respect to a
-    const Tensor grad_scale = grads[1].defined() ? grads[1].to(at::kDouble).contiguous() : Tensor();
+    const Tensor grad_scale =
+        grads[1].defined() ? grads[1].to(at::kDouble).contiguous() : Tensor();
     const double* ga = grad_scale.defined() ? grad_scale.data_ptr<double>() : nullptr;
     const auto saved = ctx->get_saved_variables();
     const Tensor &scale = saved[1], &shift = saved[2];
@@ -754,8 +755,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "γ) as a (C, 10) double tensor");
   m.def("proxy_norm_step", &proxy_norm_step,
         "PN's activation step from u = γỹ + β and (γ, β, β̃, γ̃) as one autograd node: returns "
-        "[z, a] (a the per-channel scale, differentiable), or [] when some |γ(1 + γ̃)| exceeds split; raises ValueError for non-finite "
-        "parameters when check_finite; with inplace, z overwrites u where backward keeps z",
+        "[z, a] (a the per-channel scale, differentiable), or [] when some |γ(1 + γ̃)| exceeds "
+        "split; raises ValueError for non-finite parameters when check_finite; with inplace, z "
+        "overwrites u where backward keeps z",
         py::arg("u"), py::arg("gamma"), py::arg("beta"), py::arg("proxy_beta"),
         py::arg("proxy_gamma"), py::arg("act"), py::arg("nodes"), py::arg("weights"),
         py::arg("split"), py::arg("eps"), py::arg("check_finite"), py::arg("inplace") = false);
